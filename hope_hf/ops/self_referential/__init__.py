@@ -1,0 +1,44 @@
+from .chunk import chunk_self_referential_gated_delta_rule
+from .fla_bridge import fla_self_referential_gated_delta_rule
+from .naive import naive_self_referential_gated_delta_rule
+from .common import state_width
+
+__all__ = [
+    "chunk_self_referential_gated_delta_rule",
+    "fla_self_referential_gated_delta_rule",
+    "naive_self_referential_gated_delta_rule",
+    "self_referential_gated_delta_rule",
+    "state_width",
+]
+
+
+def self_referential_gated_delta_rule(
+    u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
+    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False,
+):
+    """Self-referential gated delta rule (DESIGN.md; Eq 83-93 of Nested Learning).
+
+    Args:
+        u, q: (B, T, H, d) memory input and query, each l2-normalised per head.
+        b_eta, b_alpha: (H,) biases of the learning rate and decay (outside the memories).
+        initial_state: (B, H, d, 3d+2) running state; the meta-learned initial memories
+            expanded over the batch, or a cached state.
+        chunk_size: tokens per chunk; projections use the state at the chunk's start.
+        eta_max: upper bound of the learning rate eta = eta_max * sigmoid(.).
+        initial_chunk_state: (B, H, d, 3d+2) state the first chunk projects from; defaults to
+            ``initial_state``. With ``self_referential=False`` every chunk projects from it.
+        chunk_offset: position of the first token inside its chunk (to continue a sequence).
+        attention_mask: (B, T), 0 marks padding; padded tokens leave the state untouched.
+        detach_values: stop-gradient on the self-generated values.
+
+    Returns:
+        o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state
+        for the next token, both (B, H, d, 3d+2) in fp32 (or fp64).
+
+    The path follows the tensors' device: fla's Triton kernels on CUDA, chunked torch elsewhere.
+    """
+    kernel = fla_self_referential_gated_delta_rule if u.is_cuda else chunk_self_referential_gated_delta_rule
+    return kernel(
+        u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
+        chunk_offset, attention_mask, self_referential, detach_values,
+    )
