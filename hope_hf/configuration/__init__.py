@@ -1,0 +1,3 @@
+from .configuration_hope import HopeConfig
+
+__all__ = ["HopeConfig"]

@@ -1,0 +1,169 @@
+"""Hope configuration. Field names follow LlamaConfig wherever the meaning is the same."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
+
+MIXERS = ("titans", "attention")
+CMS_VARIANTS = ("sequential", "independent", "nested")
+CMS_LEVEL_KEYS = ("intermediate_size", "update_period")
+
+
+def validate_cms_levels(cms_levels, field: str = "cms_levels") -> None:
+    """A CMS is a non-empty list of levels {"intermediate_size": int >= 1, "update_period": int >= 1}."""
+    if not isinstance(cms_levels, (list, tuple)) or len(cms_levels) == 0:
+        raise ValueError(f"`{field}` must be a non-empty list of levels with keys {CMS_LEVEL_KEYS}, got {cms_levels!r}")
+    for i, level in enumerate(cms_levels):
+        if not isinstance(level, dict) or set(level) != set(CMS_LEVEL_KEYS):
+            raise ValueError(f"`{field}[{i}]` must be a dict with exactly the keys {CMS_LEVEL_KEYS}, got {level!r}")
+        for key in CMS_LEVEL_KEYS:
+            value = level[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{field}[{i}]['{key}']` must be an int >= 1, got {value!r}")
+
+
+def validate_choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}")
+
+
+@strict
+class HopeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a Hope model: a stack of pre-norm blocks ``h = x + Mixer(norm(x))``,
+    ``y = h + CMS(norm(h))`` (Nested Learning, Behrouz et al. 2025, section 8).
+
+    Args:
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+        head_dim, max_position_embeddings, rms_norm_eps, initializer_range, tie_word_embeddings,
+        rope_parameters, attention_bias, attention_dropout, use_cache, pad/bos/eos_token_id:
+            as in `LlamaConfig`. `num_attention_heads` and `head_dim` also set the titans heads.
+        intermediate_size (`int`):
+            Hidden size of the default single-level CMS (used when `cms_levels` is None).
+        hidden_act (`str`):
+            Activation of the CMS SwiGLU MLPs.
+        mixer (`str` or `list[str]`):
+            "titans" (self-referential Titans memory, Eq 83-93) or "attention" (Hope-Attention:
+            RoPE, GQA, SDPA), or one entry per layer for hybrids.
+        sliding_window (`int`, *optional*):
+            Window of the attention layers; None means full causal attention.
+        titans_chunk_size (`int`):
+            Tokens per chunk of the self-referential update: projections come from the memory
+            state at the start of the chunk (Eq 90). Smaller is closer to Eq 88, larger is faster.
+        titans_eta_max (`float`):
+            Upper bound of the memories' learning rate, eta = eta_max * sigmoid(.).
+        titans_conv_size (`int`):
+            Window of the causal depthwise convolutions on the memory input and the query.
+        titans_self_referential (`bool`):
+            False freezes the projections to the meta-learned initial memories (a Gated-DeltaNet
+            like ablation); the memory read-out still learns in context.
+        titans_detach_values (`bool`):
+            Stop-gradient on the memories' self-generated values.
+        cms_levels (`list[dict]`, *optional*):
+            Continuum Memory System levels in the order they are applied, each {"intermediate_size": int, "update_period": int}; the period is in
+            optimizer steps for training and in tokens for test-time learning (Eq 71).
+            Defaults to one level of `intermediate_size` updated every step.
+        cms_variant (`str`):
+            "sequential" (Eq 73), "independent" (Eq 74, learnable weighted sum) or "nested"
+            (Eq 72; its forward is the sequential chain, its learning rule differs).
+
+    ```python
+    >>> from hope_hf import HopeConfig, HopeForCausalLM
+    >>> config = HopeConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000)
+    >>> model = HopeForCausalLM(config)
+    ```
+    """
+
+    model_type = "hope"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 16
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    tie_word_embeddings: bool = False
+    rope_parameters: RopeParameters | dict | None = None
+    attention_bias: bool = False
+    attention_dropout: int | float | None = 0.0
+    mixer: str | list[str] = "titans"
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
+    titans_chunk_size: int = 64
+    titans_eta_max: float = 1.0
+    titans_conv_size: int = 4
+    titans_self_referential: bool = True
+    titans_detach_values: bool = False
+    cms_levels: list[dict] | None = None
+    cms_variant: str = "sequential"
+
+    def __post_init__(self, **kwargs):
+        if self.head_dim is None and self.num_attention_heads:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.cms_levels is None:
+            self.cms_levels = [{"intermediate_size": self.intermediate_size, "update_period": 1}]
+        if isinstance(self.mixer, (list, tuple)):
+            self.mixer = list(self.mixer)
+        self.validate_hope_fields()
+        # layer_types is derived (transformers' caches and masks read it), never set by hand.
+        self.layer_types = [self._layer_type(m) for m in self.mixers]
+        super().__post_init__(**kwargs)
+
+    @property
+    def mixers(self) -> list[str]:
+        """The mixer of every layer."""
+        if isinstance(self.mixer, str):
+            return [self.mixer] * self.num_hidden_layers
+        return list(self.mixer)
+
+    def _layer_type(self, mixer: str) -> str:
+        if mixer == "titans":
+            return "linear_attention"
+        return "full_attention" if self.sliding_window is None else "sliding_attention"
+
+    def validate_hope_fields(self):
+        """Called at construction; every error is a ValueError that names the field."""
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "titans_chunk_size",
+                      "titans_conv_size", "max_position_embeddings"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{field}` must be an int >= 1, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must divide `hidden_size` ({self.hidden_size})"
+            )
+        if self.num_key_value_heads < 1 or self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_key_value_heads` ({self.num_key_value_heads}) must be >= 1 and divide "
+                f"`num_attention_heads` ({self.num_attention_heads})"
+            )
+        if isinstance(self.mixer, str):
+            validate_choice("mixer", self.mixer, MIXERS)
+        else:
+            for i, m in enumerate(self.mixer):
+                validate_choice(f"mixer[{i}]", m, MIXERS)
+            if len(self.mixer) != self.num_hidden_layers:
+                raise ValueError(
+                    f"`mixer` as a list needs one entry per layer ({self.num_hidden_layers}), got {len(self.mixer)}"
+                )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"`sliding_window` must be None or an int >= 1, got {self.sliding_window!r}")
+        if not self.titans_eta_max > 0:
+            raise ValueError(f"`titans_eta_max` must be > 0, got {self.titans_eta_max!r}")
+        validate_choice("cms_variant", self.cms_variant, CMS_VARIANTS)
+        validate_cms_levels(self.cms_levels)
+
+
+__all__ = ["HopeConfig", "validate_cms_levels", "validate_choice", "MIXERS", "CMS_VARIANTS"]

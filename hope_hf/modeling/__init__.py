@@ -1,0 +1,1 @@
+from .modeling_hope import ContinuumMemorySystem, HopeCache, HopeForCausalLM, HopeModel, HopePreTrainedModel, HopeTitansMixer

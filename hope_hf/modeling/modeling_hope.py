@@ -1,0 +1,431 @@
+"""Hope: self-referential Titans memory + Continuum Memory System (Nested Learning, section 8).
+
+One block (DESIGN.md):
+    h = x + Mixer(RMSNorm(x))      Mixer = HopeTitansMixer ("titans") | LlamaAttention ("attention")
+    y = h + CMS(RMSNorm(h))        CMS   = ContinuumMemorySystem (Eq 70-74)
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_recurrent_attention_mask,
+    create_sliding_window_causal_mask,
+)
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+
+from ..configuration.configuration_hope import HopeConfig
+from ..ops.self_referential import self_referential_gated_delta_rule, state_width
+
+
+class SwiGLU(nn.Module):
+    """down(act(gate(x)) * up(x)): the MLP of one CMS level (names as in LlamaMLP)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act_fn = ACT2FN[hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ContinuumMemorySystem(nn.Module):
+    """An ordered chain of MLP levels, each with its own update period (Eq 70-74).
+
+    sequential / nested (Eq 73 / 72): z_1 = MLP_1(x), z_l = z_{l-1} + MLP_l(norm_l(z_{l-1})), out z_k
+    independent (Eq 74):             out = sum_l w_l * MLP_l(x), w learnable
+    The input x is already normalised by the block. Level 1 has no inner norm, so a pretrained
+    MLP can serve as level 1 unchanged (see LlamaCMS). Update periods act in the optimizer
+    (CMSSchedule) and in test-time learning, not in this forward.
+    """
+
+    def __init__(self, hidden_size: int, levels: list[dict], variant: str, hidden_act: str, eps: float):
+        super().__init__()
+        self.variant = variant
+        self.update_periods = [level["update_period"] for level in levels]
+        self.levels = nn.ModuleList(SwiGLU(hidden_size, lv["intermediate_size"], hidden_act) for lv in levels)
+        if variant == "independent":
+            self.level_weights = nn.Parameter(torch.ones(len(levels)))
+        else:
+            self.norms = nn.ModuleList(LlamaRMSNorm(hidden_size, eps=eps) for _ in levels[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.variant == "independent":
+            return sum(w * level(x) for w, level in zip(self.level_weights, self.levels))
+        z = self.levels[0](x)
+        for norm, level in zip(self.norms, self.levels[1:]):
+            z = z + level(norm(z))
+        return z
+
+
+class HopeCache(DynamicCache):
+    """transformers' DynamicCache (LinearAttentionLayer for titans layers, K/V for attention
+    layers) that also counts tokens: the positions seen, so that ``generate()`` works when every
+    layer is recurrent, and the real tokens seen per row, which fix each row's place in its
+    memory chunk (rows of a left-padded batch differ)."""
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.positions_seen = 0
+        self.row_tokens_seen: torch.Tensor | None = None
+
+    @property
+    def is_compileable(self) -> bool:
+        return False  # per-row chunk phases make the decode step data-dependent
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if any(isinstance(layer, CacheLayerMixin) for layer in self.layers):
+            return super().get_seq_length(layer_idx)
+        return self.positions_seen
+
+    def advance(self, batch_size: int, seq_len: int, mask: torch.Tensor | None, device: torch.device) -> None:
+        """Record one forward of ``seq_len`` positions; ``mask`` (B, seq_len) marks real tokens."""
+        new_tokens = torch.full((batch_size,), seq_len, device=device) if mask is None else mask.sum(-1)
+        previous = 0 if self.row_tokens_seen is None else self.row_tokens_seen
+        self.row_tokens_seen = (previous + new_tokens).long()
+        self.positions_seen += seq_len
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        super().reorder_cache(beam_idx)
+        if self.row_tokens_seen is not None:
+            self.row_tokens_seen = self.row_tokens_seen.index_select(0, beam_idx.to(self.row_tokens_seen.device))
+
+
+class HopeTitansMixer(nn.Module):
+    """Self-referential Titans memory (Eq 83-93, chunk-wise Eq 90), per head of width d.
+
+    u = l2norm(conv(W_u x)), q = l2norm(conv(W_q x)); the memories M_k, M_v, M_mem, M_eta,
+    M_alpha (one stacked state of shape d x (3d+2) per head, see hope_hf.ops) produce keys,
+    values, rates and decays from u, generate their own targets and learn in context by the
+    delta rule; o = M_mem(q), then a gated RMSNorm and W_o.
+
+    Cache (transformers' LinearAttentionLayer): conv state (B, 2*H*d, conv_size-1) and a
+    recurrent state (B, H, 2, d, 3d+2) = (running state, state at the start of the current
+    chunk); HopeCache counts the tokens each row has seen. O(1) in sequence length.
+    """
+
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.chunk_size = config.titans_chunk_size
+        self.eta_max = config.titans_eta_max
+        self.self_referential = config.titans_self_referential
+        self.detach_values = config.titans_detach_values
+        inner = self.num_heads * self.head_dim
+
+        self.u_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        # One causal depthwise conv over the channels of [u, q], so the cache holds one conv state.
+        self.conv1d = nn.Conv1d(2 * inner, 2 * inner, config.titans_conv_size, groups=2 * inner, bias=False)
+        # Meta-learned initial memories W_box,0 (Eq 72-73 analog), stacked: (H, d, 3d+2).
+        self.initial_state = nn.Parameter(torch.zeros(self.num_heads, self.head_dim, state_width(self.head_dim)))
+        self.b_eta = nn.Parameter(torch.zeros(self.num_heads))
+        self.b_alpha = nn.Parameter(torch.zeros(self.num_heads))
+        self.g_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.o_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
+
+    def _conv(self, x: torch.Tensor, conv_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv + SiLU. x: (B, T, C); conv_state: (B, C, K-1) previous inputs."""
+        width = self.conv1d.kernel_size[0] - 1
+        x = x.transpose(1, 2)
+        if conv_state is None:
+            conv_state = x.new_zeros(x.shape[0], x.shape[1], width)
+        x = torch.cat([conv_state.to(x.dtype), x], dim=-1)
+        out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
+        return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - width :]
+
+    def _memory(self, projected, conv_state, state, chunk_state, chunk_offset, mask):
+        """Conv, normalise, run the memory. projected: (B, T, 2*H*d) = [W_u x, W_q x]."""
+        B, T, _ = projected.shape
+        mixed, conv_state = self._conv(projected, conv_state)
+        u, q = mixed.view(B, T, 2, self.num_heads, self.head_dim).unbind(2)
+        u, q = F.normalize(u, dim=-1), F.normalize(q, dim=-1)
+        o, state, chunk_state = self_referential_gated_delta_rule(
+            u, q, self.b_eta, self.b_alpha, state, self.chunk_size, self.eta_max, chunk_state, chunk_offset,
+            mask, self.self_referential, self.detach_values,
+        )
+        return o, conv_state, state, chunk_state
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        B, T, _ = hidden_states.shape
+        projected = torch.cat([self.u_proj(hidden_states), self.q_proj(hidden_states)], dim=-1)
+        init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
+        conv_state, state, chunk_state, seen = None, init_state, init_state, None
+        if past_key_values is not None and past_key_values.get_recurrent_state(self.layer_idx) is not None:
+            conv_state = past_key_values.get_conv_state(self.layer_idx)
+            state, chunk_state = past_key_values.get_recurrent_state(self.layer_idx).unbind(2)
+            seen = past_key_values.row_tokens_seen
+        if not self.self_referential:
+            chunk_state = init_state  # projections stay with the meta-learned memories
+
+        if seen is not None and T == 1:
+            o, conv_state, state, chunk_state = self._decode_step(projected, conv_state, state, chunk_state, seen, attention_mask)
+        elif self._is_batchable(attention_mask, seen, past_key_values is not None):
+            offset = 0 if seen is None else int(seen[0]) % self.chunk_size
+            o, conv_state, state, chunk_state = self._memory(projected, conv_state, state, chunk_state, offset, attention_mask)
+        else:
+            o, conv_state, state, chunk_state = self._per_row(projected, conv_state, state, chunk_state, seen, attention_mask)
+
+        if past_key_values is not None:
+            past_key_values.update_conv_state(conv_state, self.layer_idx)
+            past_key_values.update_recurrent_state(torch.stack([state, chunk_state], dim=2), self.layer_idx)
+
+        gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
+        o = self.o_norm(o) * gate
+        return self.o_proj(o.reshape(B, T, -1))
+
+    def _is_batchable(self, mask, seen, caching: bool) -> bool:
+        """One batched call is exact when all rows share the chunk phase and padding only trails."""
+        if seen is not None and bool((seen != seen[0]).any()):
+            return False
+        if mask is None:
+            return True
+        right_padded_only = bool((mask[:, 1:] <= mask[:, :-1]).all())
+        rows_equal = bool((mask.sum(-1) == mask.shape[-1]).all())
+        return right_padded_only and (not caching or rows_equal)
+
+    def _decode_step(self, projected, conv_state, state, chunk_state, seen, mask):
+        """One token per row; rows may sit at different positions in their chunk."""
+        valid = torch.ones_like(seen, dtype=torch.bool) if mask is None else mask[:, -1].bool()
+        o, new_conv, new_state, _ = self._memory(projected, conv_state, state, chunk_state, 0, valid[:, None])
+        conv_state = torch.where(valid[:, None, None], new_conv, conv_state)
+        if self.self_referential:
+            starts_chunk = valid & ((seen + 1) % self.chunk_size == 0)
+            chunk_state = torch.where(starts_chunk[:, None, None, None], new_state, chunk_state)
+        return o, conv_state, new_state, chunk_state
+
+    def _per_row(self, projected, conv_state, state, chunk_state, seen, mask):
+        """Each row alone on its unpadded tokens (left padding, or rows at different chunk phases)."""
+        B, T, _ = projected.shape
+        mask = torch.ones(B, T, dtype=torch.bool, device=projected.device) if mask is None else mask.bool()
+        o = projected.new_zeros(B, T, self.num_heads, self.head_dim)
+        rows = []
+        for b in range(B):
+            idx = mask[b].nonzero().squeeze(-1)
+            conv_b = None if conv_state is None else conv_state[b : b + 1]
+            if idx.numel() == 0:  # nothing new for this row
+                rows.append((conv_b, state[b : b + 1], chunk_state[b : b + 1]))
+                continue
+            offset = 0 if seen is None else int(seen[b]) % self.chunk_size
+            o_b, *row_cache = self._memory(
+                projected[b : b + 1, idx], conv_b, state[b : b + 1], chunk_state[b : b + 1], offset, None
+            )
+            o[b, idx] = o_b[0].to(o.dtype)
+            rows.append(row_cache)
+        conv_rows = [r[0] if r[0] is not None else projected.new_zeros(1, projected.shape[-1], self.conv1d.kernel_size[0] - 1) for r in rows]
+        return o, torch.cat(conv_rows), torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows])
+
+
+class HopeDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.mixer_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.mixers[layer_idx] == "titans":
+            self.mixer = HopeTitansMixer(config, layer_idx)
+        else:
+            self.mixer = LlamaAttention(config, layer_idx)
+        self.cms_norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.cms = ContinuumMemorySystem(
+            config.hidden_size, config.cms_levels, config.cms_variant, config.hidden_act, config.rms_norm_eps
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        mixer_in = self.mixer_norm(hidden_states)
+        if self.layer_type == "linear_attention":
+            mixed = self.mixer(mixer_in, attention_mask=attention_mask, past_key_values=past_key_values)
+        else:
+            mixed, _ = self.mixer(
+                mixer_in, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                past_key_values=past_key_values, **kwargs,
+            )
+        hidden_states = hidden_states + mixed
+        return hidden_states + self.cms(self.cms_norm(hidden_states))
+
+
+class HopePreTrainedModel(PreTrainedModel):
+    config: HopeConfig
+    config_class = HopeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HopeDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, HopeTitansMixer):
+            init.normal_(module.initial_state, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.b_eta)  # eta = eta_max / 2
+            # decays alpha = sigmoid(b_alpha) spread over heads from 0.9 to 0.999 (short to long memory)
+            alphas = torch.linspace(0.9, 0.999, module.num_heads, dtype=torch.float64)
+            init.copy_(module.b_alpha, torch.logit(alphas).to(module.b_alpha.dtype))
+        elif isinstance(module, ContinuumMemorySystem) and hasattr(module, "level_weights"):
+            init.ones_(module.level_weights)
+
+
+class HopeModel(HopePreTrainedModel):
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(HopeDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.has_attention = any(t != "linear_attention" for t in config.layer_types)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config) if self.has_attention else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if not use_cache:
+            past_key_values = None
+        elif past_key_values is None:
+            past_key_values = HopeCache(config=self.config)
+        elif not isinstance(past_key_values, HopeCache):
+            raise TypeError(f"past_key_values must be a HopeCache, got {type(past_key_values).__name__}")
+
+        mask_kwargs = {
+            "config": self.config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "position_ids": position_ids,
+        }
+        masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
+        position_embeddings = None
+        if self.has_attention:
+            if position_ids is None:
+                past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+                position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
+                position_ids = position_ids.unsqueeze(0)
+                mask_kwargs["position_ids"] = position_ids
+            if self.config.sliding_window is None:
+                masks["full_attention"] = create_causal_mask(**mask_kwargs)
+            else:
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+            position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states = inputs_embeds
+        all_hidden_states = [] if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=masks[layer.layer_type],
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        if past_key_values is not None:
+            past_key_values.advance(*inputs_embeds.shape[:2], masks["linear_attention"], inputs_embeds.device)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        )
+
+
+class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the first forward of generate() creates a HopeCache
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.model = HopeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["HopeCache", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel", "ContinuumMemorySystem", "HopeTitansMixer"]
