@@ -283,6 +283,23 @@ class HopePreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _is_stateful = True
 
+    # auto_map written into every saved config: the checkpoint carries its own code
+    _remote_auto_map = {
+        "AutoConfig": "configuration_hope.HopeConfig",
+        "AutoModel": "modeling_hope.HopeModel",
+        "AutoModelForCausalLM": "modeling_hope.HopeForCausalLM",
+    }
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """Safetensors weights + config, plus a flat copy of the model code (see remote_code.py),
+        so that stock transformers loads the folder with ``trust_remote_code=True``."""
+        self.config.auto_map = dict(self._remote_auto_map)
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            from ..remote_code import write_remote_code
+
+            write_remote_code(save_directory)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -49,7 +49,10 @@ def fla_self_referential_gated_delta_rule(
     """See ``hope_hf.ops.self_referential_gated_delta_rule``. With ``self_referential=False``
     the whole sequence is one kernel call."""
     if gated_delta_rule_fn is None:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as gated_delta_rule_fn
+        try:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as gated_delta_rule_fn
+        except ImportError as error:
+            raise ImportError("The CUDA path needs flash-linear-attention: pip install flash-linear-attention") from error
     return scan_chunks(
         u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, chunk_offset,
         attention_mask, self_referential, detach_values,
