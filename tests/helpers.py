@@ -1,0 +1,30 @@
+import torch
+
+from hope_hf import HopeConfig, HopeForCausalLM
+
+TWO_LEVELS = [{"intermediate_size": 48, "update_period": 1}, {"intermediate_size": 32, "update_period": 4}]
+
+CONFIGS = {
+    "titans": dict(mixer="titans"),
+    "titans_static": dict(mixer="titans", titans_self_referential=False),
+    "attention": dict(mixer="attention", num_key_value_heads=2),
+    "hybrid": dict(mixer=["titans", "attention", "titans"], num_hidden_layers=3),
+    "hybrid_sliding": dict(mixer=["attention", "titans"], sliding_window=6),
+}
+
+
+def tiny_config(**overrides) -> HopeConfig:
+    fields = dict(
+        vocab_size=101, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=48,
+        titans_chunk_size=4, cms_levels=TWO_LEVELS, pad_token_id=0, bos_token_id=1, eos_token_id=None,
+    )
+    fields.update(overrides)
+    return HopeConfig(**fields)
+
+
+def tiny_model(**overrides) -> HopeForCausalLM:
+    return HopeForCausalLM(tiny_config(**overrides)).eval()
+
+
+def random_ids(batch, length, vocab=101):
+    return torch.randint(2, vocab, (batch, length))

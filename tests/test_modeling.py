@@ -1,0 +1,152 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoModelForCausalLM
+
+from hope_hf import HopeForCausalLM, HopeModel
+from hope_hf.modeling import ContinuumMemorySystem
+
+from helpers import CONFIGS, random_ids, tiny_config, tiny_model
+
+
+def test_auto_classes_resolve_to_hope():
+    config = tiny_config()
+    assert isinstance(AutoModelForCausalLM.from_config(config), HopeForCausalLM)
+    assert isinstance(AutoModel.from_config(config), HopeModel)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_loss_is_transformers_shifted_cross_entropy(name):
+    model = tiny_model(**CONFIGS[name])
+    ids = random_ids(2, 11)
+    out = model(ids, labels=ids)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 101), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_incremental_decoding_matches_full_forward(name):
+    """Prefill (crossing chunk boundaries: chunk 4, prompt 7), then one token at a time."""
+    model = tiny_model(**CONFIGS[name])
+    ids = random_ids(2, 19)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        prefill = model(ids[:, :7], use_cache=True)
+        cache, steps = prefill.past_key_values, [prefill.logits]
+        for t in range(7, 19):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_multi_token_continuation_matches_full_forward(name):
+    """A cache continued by multi-token pieces (chunked prefill) lands on the same logits."""
+    model = tiny_model(**CONFIGS[name])
+    ids = random_ids(2, 23)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache, pieces = None, []
+        for start, end in [(0, 5), (5, 6), (6, 15), (15, 23)]:
+            out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            pieces.append(out.logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-4, rtol=0)
+
+
+def test_titans_cache_is_constant_in_sequence_length():
+    model = tiny_model(mixer="titans")
+    sizes = []
+    for length in (5, 40):
+        with torch.no_grad():
+            cache = model(random_ids(1, length), use_cache=True).past_key_values
+        sizes.append(sum(t.numel() for layer in cache.layers for t in [*layer.conv_states.values(), *layer.recurrent_states.values()]))
+    assert sizes[0] == sizes[1]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_greedy_generate_same_with_and_without_cache(name):
+    model = tiny_model(**CONFIGS[name])
+    prompt = random_ids(2, 6)
+    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True)
+    without_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
+    assert with_cache.shape == (2, 18)
+    assert torch.equal(with_cache, without_cache)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_left_padded_batch_gives_each_rows_unpadded_result(name):
+    model = tiny_model(**CONFIGS[name])
+    long_row, short_row = random_ids(1, 10), random_ids(1, 3)
+    batch = torch.cat([long_row, torch.cat([torch.zeros(1, 7, dtype=torch.long), short_row], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :7] = 0
+    with torch.no_grad():
+        logits = model(batch, attention_mask=mask).logits
+        torch.testing.assert_close(logits[0], model(long_row).logits[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits[1, 7:], model(short_row).logits[0], atol=1e-4, rtol=0)
+    generated = model.generate(batch, attention_mask=mask, max_new_tokens=9, do_sample=False)
+    alone_long = model.generate(long_row, max_new_tokens=9, do_sample=False)
+    alone_short = model.generate(short_row, max_new_tokens=9, do_sample=False)
+    assert torch.equal(generated[0, 10:], alone_long[0, 10:])
+    assert torch.equal(generated[1, 10:], alone_short[0, 3:])
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    model = tiny_model(**CONFIGS[name]).train()
+    ids = random_ids(2, 13)
+
+    def grads():
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = grads()
+    assert model.model.layers[0]._gradient_checkpointing_func is not None
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for n in plain:
+        torch.testing.assert_close(plain[n], checkpointed[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_tied_word_embeddings():
+    model = tiny_model(tie_word_embeddings=True)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    untied = tiny_model(tie_word_embeddings=False)
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+
+
+def test_cms_variants_compute_their_equations():
+    x = torch.randn(2, 5, 16)
+    levels = [{"intermediate_size": 24, "update_period": 1}, {"intermediate_size": 8, "update_period": 16}]
+    seq = ContinuumMemorySystem(16, levels, "sequential", "silu", 1e-6)
+    z1 = seq.levels[0](x)
+    torch.testing.assert_close(seq(x), z1 + seq.levels[1](seq.norms[0](z1)))  # Eq 73
+    ind = ContinuumMemorySystem(16, levels, "independent", "silu", 1e-6)
+    with torch.no_grad():
+        ind.level_weights.copy_(torch.tensor([0.3, -2.0]))
+    torch.testing.assert_close(ind(x), 0.3 * ind.levels[0](x) - 2.0 * ind.levels[1](x))  # Eq 74
+    nested = ContinuumMemorySystem(16, levels, "nested", "silu", 1e-6)
+    nested.load_state_dict(seq.state_dict())
+    torch.testing.assert_close(nested(x), seq(x))  # Eq 72 changes the learning rule, not the forward
+    assert seq.update_periods == [1, 16]
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_training_reduces_loss_and_outputs_stay_finite(name):
+    model = tiny_model(**CONFIGS[name]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    pattern = random_ids(1, 8).repeat(2, 4)  # a repeated motif the memory can pick up
+    losses = []
+    for _ in range(30):
+        loss = model(pattern, labels=pattern).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    with torch.no_grad():
+        logits = model.eval()(random_ids(1, 1500)).logits
+    assert torch.isfinite(logits).all()
