@@ -150,3 +150,18 @@ def test_training_reduces_loss_and_outputs_stay_finite(name):
     with torch.no_grad():
         logits = model.eval()(random_ids(1, 1500)).logits
     assert torch.isfinite(logits).all()
+
+
+def test_left_padded_training_batch_backpropagates_like_unpadded_rows():
+    model = tiny_model(mixer="titans").train()
+    long_row, short_row = random_ids(1, 9), random_ids(1, 5)
+    batch = torch.cat([long_row, torch.cat([torch.zeros(1, 4, dtype=torch.long), short_row], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    logits = model(batch, attention_mask=mask).logits
+    (logits[0].sum() + logits[1, 4:].sum()).backward()
+    padded_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    (model(long_row).logits.sum() + model(short_row).logits.sum()).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(padded_grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)

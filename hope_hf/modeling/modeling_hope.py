@@ -140,15 +140,12 @@ class HopeTitansMixer(nn.Module):
         self.o_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.o_proj = nn.Linear(inner, config.hidden_size, bias=False)
 
-    def _conv(self, x: torch.Tensor, conv_state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Causal depthwise conv + SiLU. x: (B, T, C); conv_state: (B, C, K-1) previous inputs."""
-        width = self.conv1d.kernel_size[0] - 1
-        x = x.transpose(1, 2)
-        if conv_state is None:
-            conv_state = x.new_zeros(x.shape[0], x.shape[1], width)
-        x = torch.cat([conv_state.to(x.dtype), x], dim=-1)
+    def _conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal depthwise conv + SiLU. x: (B, T, C); conv_state: (B, C, K-1) previous inputs.
+        Returns (B, T, C) and the new conv state."""
+        x = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)
         out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
-        return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - width :]
+        return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - conv_state.shape[-1] :]
 
     def _memory(self, projected, conv_state, state, chunk_state, chunk_offset, mask):
         """Conv, normalise, run the memory. projected: (B, T, 2*H*d) = [W_u x, W_q x]."""
@@ -172,7 +169,8 @@ class HopeTitansMixer(nn.Module):
         B, T, _ = hidden_states.shape
         projected = torch.cat([self.u_proj(hidden_states), self.q_proj(hidden_states)], dim=-1)
         init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
-        conv_state, state, chunk_state, seen = None, init_state, init_state, None
+        conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
+        state, chunk_state, seen = init_state, init_state, None
         if past_key_values is not None and past_key_values.get_recurrent_state(self.layer_idx) is not None:
             conv_state = past_key_values.get_conv_state(self.layer_idx)
             state, chunk_state = past_key_values.get_recurrent_state(self.layer_idx).unbind(2)
@@ -180,13 +178,14 @@ class HopeTitansMixer(nn.Module):
         if not self.self_referential:
             chunk_state = init_state  # projections stay with the meta-learned memories
 
+        memory = (conv_state, state, chunk_state)
         if seen is not None and T == 1:
-            o, conv_state, state, chunk_state = self._decode_step(projected, conv_state, state, chunk_state, seen, attention_mask)
+            o, conv_state, state, chunk_state = self._decode_step(projected, *memory, seen, attention_mask)
         elif self._is_batchable(attention_mask, seen, past_key_values is not None):
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
-            o, conv_state, state, chunk_state = self._memory(projected, conv_state, state, chunk_state, offset, attention_mask)
+            o, conv_state, state, chunk_state = self._memory(projected, *memory, offset, attention_mask)
         else:
-            o, conv_state, state, chunk_state = self._per_row(projected, conv_state, state, chunk_state, seen, attention_mask)
+            o, conv_state, state, chunk_state = self._per_row(projected, *memory, seen, attention_mask)
 
         if past_key_values is not None:
             past_key_values.update_conv_state(conv_state, self.layer_idx)
@@ -221,21 +220,17 @@ class HopeTitansMixer(nn.Module):
         B, T, _ = projected.shape
         mask = torch.ones(B, T, dtype=torch.bool, device=projected.device) if mask is None else mask.bool()
         o = projected.new_zeros(B, T, self.num_heads, self.head_dim)
-        rows = []
+        rows = []  # per row: (conv_state, state, chunk_state), each (1, ...)
         for b in range(B):
             idx = mask[b].nonzero().squeeze(-1)
-            conv_b = None if conv_state is None else conv_state[b : b + 1]
-            if idx.numel() == 0:  # nothing new for this row
-                rows.append((conv_b, state[b : b + 1], chunk_state[b : b + 1]))
-                continue
-            offset = 0 if seen is None else int(seen[b]) % self.chunk_size
-            o_b, *row_cache = self._memory(
-                projected[b : b + 1, idx], conv_b, state[b : b + 1], chunk_state[b : b + 1], offset, None
-            )
-            o[b, idx] = o_b[0].to(o.dtype)
-            rows.append(row_cache)
-        conv_rows = [r[0] if r[0] is not None else projected.new_zeros(1, projected.shape[-1], self.conv1d.kernel_size[0] - 1) for r in rows]
-        return o, torch.cat(conv_rows), torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows])
+            row = (conv_state[b : b + 1], state[b : b + 1], chunk_state[b : b + 1])
+            if idx.numel() > 0:  # else nothing new for this row
+                offset = 0 if seen is None else int(seen[b]) % self.chunk_size
+                o_b, *row = self._memory(projected[b : b + 1, idx], *row, offset, None)
+                o[b, idx] = o_b[0].to(o.dtype)
+            rows.append(row)
+        conv_state, state, chunk_state = (torch.cat(parts) for parts in zip(*rows))
+        return o, conv_state, state, chunk_state
 
 
 class HopeDecoderLayer(GradientCheckpointingLayer):
