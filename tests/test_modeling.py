@@ -165,3 +165,15 @@ def test_left_padded_training_batch_backpropagates_like_unpadded_rows():
     (model(long_row).logits.sum() + model(short_row).logits.sum()).backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(padded_grads[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_bf16_model_runs_with_fp32_memory_state(name):
+    model = tiny_model(**CONFIGS[name]).to(torch.bfloat16)
+    ids = random_ids(2, 13)
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
+    titans_layer = CONFIGS[name]["mixer"].index("titans") if isinstance(CONFIGS[name]["mixer"], list) else 0
+    assert out.past_key_values.get_recurrent_state(titans_layer).dtype == torch.float32
+    assert model.generate(ids[:, :5], max_new_tokens=6, do_sample=False).shape == (2, 11)

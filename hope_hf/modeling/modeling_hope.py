@@ -172,8 +172,9 @@ class HopeTitansMixer(nn.Module):
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
         state, chunk_state, seen = init_state, init_state, None
         if past_key_values is not None and past_key_values.get_recurrent_state(self.layer_idx) is not None:
-            conv_state = past_key_values.get_conv_state(self.layer_idx)
-            state, chunk_state = past_key_values.get_recurrent_state(self.layer_idx).unbind(2)
+            # clones: the cache updates its buffers in place, which must not touch autograd's inputs
+            conv_state = past_key_values.get_conv_state(self.layer_idx).clone()
+            state, chunk_state = past_key_values.get_recurrent_state(self.layer_idx).clone().unbind(2)
             seen = past_key_values.row_tokens_seen
         if not self.self_referential:
             chunk_state = init_state  # projections stay with the meta-learned memories

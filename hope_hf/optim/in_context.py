@@ -1,0 +1,158 @@
+"""Continual learning while reading: the CMS update rule (Eq 71) at the in-context time-scale.
+
+``InContextLearner`` reads a long input in segments with the recurrent cache. Every segment
+gives each CMS level the gradient of the next-token loss of the tokens just read, taken on
+per-sequence fast weights (first-order: the cache from earlier segments is a constant); level l
+sums them and, every ``period_l`` segments, takes one SGD step with the mean over its chunk.
+The model's parameters are never changed, and every batch row has its own fast weights and
+cache (rows are read one by one).
+
+    learner = InContextLearner(model, lr=1e-2, segment_size=64)
+    [state] = learner.read(document_ids)                  # (1, T) -> one ReadingState per row
+    answer = learner.generate(state, question_ids, max_new_tokens=20)
+
+Nested variant (Eq 72): at the pulse of level s, level s+1's fast weights are reset to their
+initial state, which first takes level s's step with the gradients level s+1 saw during that
+chunk (first-order meta-learning). Only next-token pairs inside a segment enter the loss.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
+
+from .cms_levels import CMSLevel, find_cms_levels
+
+
+@dataclass
+class ReadingState:
+    """What one sequence's reading leaves behind."""
+
+    fast_weights: dict[str, torch.Tensor]  # CMS parameter name -> this sequence's fast weight
+    cache: object  # the model's cache after the last token read
+    input_ids: torch.Tensor  # (1, T) the tokens read
+    logits: torch.Tensor  # (T, vocab) the logits produced while reading
+    segment_losses: list[float] = field(default_factory=list)  # mean next-token loss per segment
+    updates: dict[str, int] = field(default_factory=dict)  # level name -> number of steps taken
+    initial_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # nested: children's initial states
+
+
+class InContextLearner:
+    def __init__(self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None):
+        """
+        Args:
+            model: a causal LM with CMS modules (HopeForCausalLM, LlamaCMSForCausalLM).
+            lr: one learning rate for every level, or a list with one per level index.
+            segment_size: tokens read per forward; level periods count segments.
+            periods: as in ``find_cms_levels`` (default: the config's ``update_period``), in segments.
+        """
+        if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 2:
+            raise ValueError(f"segment_size must be an int >= 2, got {segment_size!r}")
+        self.model = model
+        self.segment_size = segment_size
+        self.levels = find_cms_levels(model, periods)
+        num_levels = max(level.index for level in self.levels) + 1
+        lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * num_levels
+        if len(lrs) != num_levels:
+            raise ValueError(f"lr as a list needs one entry per level index ({num_levels}), got {len(lrs)}")
+        self.lrs = [float(x) for x in lrs]
+
+    def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[ReadingState]:
+        """Read every row of ``input_ids`` (B, T); padded positions (mask 0) are dropped."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
+        states = []
+        for b in range(input_ids.shape[0]):
+            row = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
+            states.append(self._read_row(row[None]))
+        return states
+
+    def _read_row(self, ids: torch.Tensor) -> ReadingState:
+        names = [name for level in self.levels for name, _ in level.params]
+        params = dict(self.model.named_parameters())
+        fast = {name: params[name].detach().clone() for name in names}
+        initial = {name: fast[name].clone() for level in self.levels if level.child for name, _ in level.child.params}
+        held = {name: torch.zeros_like(t) for name, t in fast.items()}
+        meta_held = {name: torch.zeros_like(initial[name]) for name in initial}
+        tokens_held = {level.name: 0 for level in self.levels}
+        state = ReadingState(fast, None, ids, None, updates={level.name: 0 for level in self.levels})
+        state.initial_weights = initial
+        logits = []
+        for segment_index, start in enumerate(range(0, ids.shape[1], self.segment_size), start=1):
+            segment = ids[:, start : start + self.segment_size]
+            out_logits, loss, grads = self._segment(segment, state)
+            logits.append(out_logits)
+            n_pairs = segment.shape[1] - 1
+            state.segment_losses.append(loss / max(n_pairs, 1))
+            for name, g in grads.items():
+                held[name] += g
+                if name in meta_held:
+                    meta_held[name] += g
+            for level in self.levels:
+                tokens_held[level.name] += n_pairs
+            self._pulse(segment_index, state, held, meta_held, initial, tokens_held)
+        state.logits = torch.cat(logits, dim=1)[0]
+        return state
+
+    def _segment(self, segment: torch.Tensor, state: ReadingState):
+        """Forward one segment with the fast weights; gradient of its summed next-token loss."""
+        fast = {name: t.detach().requires_grad_() for name, t in state.fast_weights.items()}
+        with torch.enable_grad():
+            out = functional_call(
+                self.model, fast, args=(), kwargs={"input_ids": segment, "past_key_values": state.cache, "use_cache": True}
+            )
+            loss = torch.zeros((), device=segment.device)
+            if segment.shape[1] > 1:
+                loss = F.cross_entropy(out.logits[0, :-1].float(), segment[0, 1:], reduction="sum")
+            grads = torch.autograd.grad(loss, list(fast.values()), allow_unused=True) if loss.requires_grad else []
+        state.cache = detach_cache(out.past_key_values)
+        grads = {name: g for name, g in zip(fast, grads) if g is not None}
+        return out.logits.detach(), loss.item(), grads
+
+    @torch.no_grad()
+    def _pulse(self, segment_index, state, held, meta_held, initial, tokens_held) -> None:
+        for level in self.levels:
+            if level.period is None or segment_index % level.period != 0:
+                continue
+            lr = self.lrs[level.index] / max(tokens_held[level.name], 1)
+            for name, _ in level.params:
+                state.fast_weights[name] = state.fast_weights[name] - lr * held[name]
+                held[name].zero_()
+            tokens_held[level.name] = 0
+            state.updates[level.name] += 1
+            if level.child is not None:  # Eq 72: reset the child to its (moved) initial state
+                for name, _ in level.child.params:
+                    initial[name] = initial[name] - lr * meta_held[name]
+                    meta_held[name].zero_()
+                    held[name].zero_()
+                    state.fast_weights[name] = initial[name].clone()
+                tokens_held[level.child.name] = 0
+
+    @torch.no_grad()
+    def generate(self, state: ReadingState, input_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
+        """Continue after reading: ``model.generate`` on (read tokens + ``input_ids``) with this
+        sequence's cache and fast weights. Returns only the new tokens. The cache is used up."""
+        full = torch.cat([state.input_ids, input_ids], dim=1)
+        with _reparametrize_module(self.model, state.fast_weights):
+            out = self.model.generate(full, past_key_values=state.cache, **generate_kwargs)
+        state.cache = None
+        return out[:, full.shape[1] :]
+
+
+def detach_cache(cache):
+    """Cut the autograd history of every tensor held by a transformers cache (in place)."""
+    for layer in cache.layers:
+        for attr in ("keys", "values"):
+            tensor = getattr(layer, attr, None)
+            if isinstance(tensor, torch.Tensor):
+                setattr(layer, attr, tensor.detach())
+        for attr in ("conv_states", "recurrent_states"):
+            states = getattr(layer, attr, None)
+            if isinstance(states, dict):
+                for k, tensor in states.items():
+                    if isinstance(tensor, torch.Tensor):
+                        states[k] = tensor.detach()
+    return cache

@@ -1,0 +1,97 @@
+"""InContextLearner: the CMS update rule at the in-context time-scale."""
+
+import pytest
+import torch
+
+from hope_hf import InContextLearner
+
+from helpers import CONFIGS, random_ids, tiny_model
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid", "attention"])
+def test_zero_learning_rate_streams_exactly_like_the_plain_forward(name):
+    model = tiny_model(**CONFIGS[name])
+    ids = random_ids(2, 45)
+    with torch.no_grad():
+        full = model(ids).logits
+    states = InContextLearner(model, lr=0.0, segment_size=8).read(ids)
+    for row, state in enumerate(states):
+        torch.testing.assert_close(state.logits, full[row], atol=1e-5, rtol=0)
+        assert all(v > 0 for v in state.updates.values())
+
+
+def test_updates_lower_the_loss_of_a_repeated_passage():
+    model = tiny_model(mixer="titans")
+    passage = random_ids(1, 48)
+    document = torch.cat([passage, passage], dim=1)
+    params_before = {n: p.clone() for n, p in model.named_parameters()}
+    learning = InContextLearner(model, lr=10.0, segment_size=8).read(document)[0]
+    frozen = InContextLearner(model, lr=0.0, segment_size=8).read(document)[0]
+    first, second = learning.segment_losses[:6], learning.segment_losses[6:]
+    assert sum(second) / 6 < sum(first) / 6 - 0.05
+    assert sum(second) / 6 < sum(frozen.segment_losses[6:]) / 6 - 0.05
+    for n, p in model.named_parameters():  # the model itself is never changed
+        assert torch.equal(p, params_before[n]), n
+
+
+def test_batch_rows_have_their_own_fast_weights():
+    model = tiny_model(mixer="titans")
+    a, b = random_ids(1, 30), random_ids(1, 30)
+    learner = InContextLearner(model, lr=5.0, segment_size=8)
+    together = learner.read(torch.cat([a, b]))
+    alone = [learner.read(a)[0], learner.read(b)[0]]
+    for joint, single in zip(together, alone):
+        torch.testing.assert_close(joint.logits, single.logits, atol=0, rtol=0)
+        for n, w in joint.fast_weights.items():
+            torch.testing.assert_close(w, single.fast_weights[n], atol=0, rtol=0)
+    assert any(not torch.equal(together[0].fast_weights[n], together[1].fast_weights[n]) for n in together[0].fast_weights)
+
+
+def test_padded_rows_read_only_their_tokens():
+    model = tiny_model(mixer="titans")
+    row = random_ids(1, 20)
+    batch = torch.cat([torch.zeros(1, 5, dtype=torch.long), row], dim=1)
+    mask = torch.ones_like(batch)
+    mask[0, :5] = 0
+    learner = InContextLearner(model, lr=1.0, segment_size=8)
+    torch.testing.assert_close(learner.read(batch, mask)[0].logits, learner.read(row)[0].logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_generate_after_reading_continues_the_stream(name):
+    model = tiny_model(**CONFIGS[name])
+    document, question = random_ids(1, 21), random_ids(1, 3)
+    learner = InContextLearner(model, lr=0.0, segment_size=8)
+    answer = learner.generate(learner.read(document)[0], question, max_new_tokens=6, do_sample=False)
+    plain = model.generate(torch.cat([document, question], 1), max_new_tokens=6, do_sample=False)
+    assert torch.equal(answer, plain[:, 24:])
+    learning = InContextLearner(model, lr=20.0, segment_size=8)
+    params_before = {n: p.clone() for n, p in model.named_parameters()}
+    learning.generate(learning.read(document)[0], question, max_new_tokens=6, do_sample=False)
+    assert all(torch.equal(p, params_before[n]) for n, p in model.named_parameters())
+
+
+def test_nested_child_is_reset_at_the_parents_pulse():
+    levels = [{"intermediate_size": 16, "update_period": 2}, {"intermediate_size": 8, "update_period": 1}]
+    model = tiny_model(cms_levels=levels, cms_variant="nested")
+    learner = InContextLearner(model, lr=1.0, segment_size=8)
+    ids = random_ids(1, 24)
+    child = [n for n, _ in model.named_parameters() if "cms.levels.1." in n]
+    after_parent_pulse = learner.read(ids[:, :16])[0]  # 2 segments: the parent pulses at the 2nd
+    for n in child:
+        assert torch.equal(after_parent_pulse.fast_weights[n], after_parent_pulse.initial_weights[n])
+        assert not torch.equal(after_parent_pulse.initial_weights[n], dict(model.named_parameters())[n])
+    after_child_pulse = learner.read(ids)[0]  # 3rd segment: only the child steps
+    assert any(not torch.equal(after_child_pulse.fast_weights[n], after_child_pulse.initial_weights[n]) for n in child)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="segment_size"):
+        InContextLearner(model, segment_size=1)
+    with pytest.raises(ValueError, match="one entry per level index"):
+        InContextLearner(model, lr=[0.1])
+    with pytest.raises(ValueError, match="level index 7"):
+        InContextLearner(model, periods={7: 1})
+    with pytest.raises(ValueError, match="input_ids must have shape"):
+        InContextLearner(model).read(random_ids(1, 5)[0])
