@@ -1,7 +1,15 @@
-"""Training throughput on CPU: HopeForCausalLM (titans mixer) vs a LlamaForCausalLM of the same
-width, depth, heads, MLP size and vocabulary. One step = forward + backward + AdamW step, batch 1.
+"""Training throughput on CPU: HopeForCausalLM (titans mixer) vs a matched LlamaForCausalLM.
 
-    python evaluation/benchmarks/bench_model_throughput.py [--seq-lens 1024 4096 --repeats 3]
+Both models share vocab_size, hidden_size, intermediate_size, num_hidden_layers and
+num_attention_heads (defaults: 8192 / 256 / 688 / 4 / 4). One training step = forward + backward +
+AdamW step at batch 1; tokens/s = T / median step time, at T = 1024 and 4096, the two models
+interleaved step by step in one process. Reports tokens/s, the ratio Hope/Llama and the parameter
+counts, plus a breakdown that explains the gap: fwd+bwd of one titans mixer vs one Llama
+attention block (same input) and a torch.profiler top-ops table of one Hope step.
+Writes evaluation/results/bench_model_throughput.json and .png.
+
+    python evaluation/benchmarks/bench_model_throughput.py                  # defaults, ~2 minutes
+    python evaluation/benchmarks/bench_model_throughput.py --seq-lens 512 2048 --repeats 3 --no-profile
 """
 
 import argparse
@@ -13,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
@@ -39,9 +48,36 @@ def train_step_fn(model, seq_len, vocab_size):
     def step():
         model(ids, labels=ids).loss.backward()
         optimizer.step()
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def mixer_fns(models, seq_len, hidden_size):
+    """fwd+bwd of layer 0's sequence mixer alone: Hope's titans memory vs Llama's attention."""
+    x = torch.randn(1, seq_len, hidden_size, requires_grad=True)
+    titans = models["hope"].model.layers[0].mixer
+    attention = models["llama"].model.layers[0].self_attn
+    rope = models["llama"].model.rotary_emb(x, torch.arange(seq_len)[None])
+
+    def run_titans():
+        titans(x).sum().backward()
+
+    def run_attention():
+        attention(x, position_embeddings=rope, attention_mask=None)[0].sum().backward()
+
+    return {"titans_mixer": run_titans, "llama_attention": run_attention}
+
+
+def profile_step(step, top=12):
+    """Top ops by self CPU time of one training step."""
+    step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in events[:top]]
 
 
 def main():
@@ -53,31 +89,59 @@ def main():
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models = build_models(args)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    print(f"parameters: hope {params['hope']:,}, llama {params['llama']:,}")
+
     rows = []
     for seq_len in tqdm(args.seq_lens, desc="sequence lengths"):
-        fns = {name: train_step_fn(m, seq_len, args.vocab_size) for name, m in models.items()}
-        seconds = time_interleaved(fns, repeats=args.repeats)
-        tokens_per_s = {name: seq_len / s for name, s in seconds.items()}
+        steps = {name: train_step_fn(m, seq_len, args.vocab_size) for name, m in models.items()}
+        timings = time_interleaved(steps, repeats=args.repeats, desc=f"train steps T={seq_len}")
+        tokens_per_s = {name: seq_len / t["median_s"] for name, t in timings.items()}
         ratio = tokens_per_s["hope"] / tokens_per_s["llama"]
-        rows.append({"seq_len": seq_len, "tokens_per_s": tokens_per_s, "hope_over_llama": ratio})
-        print(f"T={seq_len}: hope {tokens_per_s['hope']:.0f} tok/s, llama {tokens_per_s['llama']:.0f} tok/s, ratio {ratio:.2f}")
+
+        mixers = time_interleaved(mixer_fns(models, seq_len, args.hidden_size), repeats=args.repeats,
+                                  desc=f"mixers T={seq_len}")
+        mixer_s = {name: t["median_s"] for name, t in mixers.items()}
+        step_gap = timings["hope"]["median_s"] - timings["llama"]["median_s"]
+        mixer_gap = args.layers * (mixer_s["titans_mixer"] - mixer_s["llama_attention"])
+        row = {
+            "seq_len": seq_len,
+            "tokens_per_s": tokens_per_s,
+            "hope_over_llama": ratio,
+            "step_s_median": {name: t["median_s"] for name, t in timings.items()},
+            "step_s_all": {name: t["all_s"] for name, t in timings.items()},
+            "mixer_fwd_bwd_s_median": mixer_s,
+            "titans_over_attention": mixer_s["titans_mixer"] / mixer_s["llama_attention"],
+            "step_gap_s": step_gap,
+            "layers_x_mixer_gap_s": mixer_gap,
+            "titans_share_of_hope_step": args.layers * mixer_s["titans_mixer"] / timings["hope"]["median_s"],
+        }
+        if not args.no_profile:
+            row["hope_step_profile_top_ops"] = profile_step(steps["hope"])
+        rows.append(row)
+        print(f"T={seq_len}: hope {tokens_per_s['hope']:.0f} tok/s, llama {tokens_per_s['llama']:.0f} tok/s, "
+              f"hope/llama {ratio:.2f}; one mixer fwd+bwd: titans {mixer_s['titans_mixer'] * 1e3:.0f} ms, "
+              f"attention {mixer_s['llama_attention'] * 1e3:.0f} ms; "
+              f"step gap {step_gap:.2f} s vs {args.layers} x mixer gap {mixer_gap:.2f} s")
     write_results("bench_model_throughput", {"config": vars(args), "parameters": params, "results": rows})
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    width = 0.35
-    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    width, xs = 0.38, range(len(rows))
     for offset, name in [(-width / 2, "hope"), (width / 2, "llama")]:
-        ax.bar([x + offset for x in xs], [r["tokens_per_s"][name] for r in rows], width, label=f"{name} ({params[name] / 1e6:.1f}M params)")
-    ax.set_xticks(list(xs), [f"T={r['seq_len']}" for r in rows])
-    ax.set_ylabel("training tokens/s (CPU, 2 threads)")
-    ax.set_title("HopeForCausalLM (titans) vs LlamaForCausalLM")
-    ax.legend()
+        bars = ax.bar([x + offset for x in xs], [r["tokens_per_s"][name] for r in rows], width,
+                      label=f"{name} ({params[name] / 1e6:.2f}M params)")
+        ax.bar_label(bars, fmt="%.0f")
+    ax.set_xticks(list(xs), [f"T={r['seq_len']}\nhope/llama={r['hope_over_llama']:.2f}" for r in rows])
+    ax.set_ylabel(f"training tokens/s (CPU, {args.threads} threads)")
+    ax.set_title("train step (fwd+bwd+AdamW), batch 1: Hope (titans) vs Llama")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(RESULTS / "bench_model_throughput.png", dpi=120)
 

@@ -1,56 +1,106 @@
-"""Chunked torch path vs token-by-token reference of the self-referential gated delta rule:
-forward + backward at T=2048 (CPU, fp32).
+"""Self-referential gated delta rule: chunked torch path vs the token-by-token reference.
 
-    python evaluation/benchmarks/bench_ops.py [--seq-len 2048 --heads 4 --head-dim 32 --chunk-size 64]
+Measures forward + backward ((o.sum() + final_state.sum()).backward()) of
+`chunk_self_referential_gated_delta_rule` and `naive_self_referential_gated_delta_rule` on CPU,
+fp32, B=1, H=4, d=32, T=2048, chunk_size=64. Both run in one process, interleaved; medians and
+the speed-up ratio go to evaluation/results/bench_ops.json (plus a bar plot). Before timing, it
+checks that both paths agree (outputs and gradients).
+
+    python evaluation/benchmarks/bench_ops.py                      # defaults, ~1 minute
+    python evaluation/benchmarks/bench_ops.py --seq-len 512 --repeats 5
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import time_interleaved, write_results  # noqa: E402
+from common import RESULTS, time_interleaved, write_results  # noqa: E402
 
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width
+from hope_hf.ops import (  # noqa: E402
+    chunk_self_referential_gated_delta_rule,
+    naive_self_referential_gated_delta_rule,
+    state_width,
+)
+
+KERNELS = {"reference": naive_self_referential_gated_delta_rule, "chunked": chunk_self_referential_gated_delta_rule}
 
 
-def make_inputs(T, H, d):
-    u = F.normalize(torch.randn(1, T, H, d), dim=-1).requires_grad_()
-    q = F.normalize(torch.randn(1, T, H, d), dim=-1).requires_grad_()
-    b_eta = torch.zeros(H, requires_grad=True)
-    b_alpha = torch.full((H,), 2.0, requires_grad=True)
-    state = (0.02 * torch.randn(1, H, d, state_width(d))).requires_grad_()
-    return u, q, b_eta, b_alpha, state
+def make_inputs(B, T, H, d):
+    u = F.normalize(torch.randn(B, T, H, d), dim=-1)
+    q = F.normalize(torch.randn(B, T, H, d), dim=-1)
+    b_eta = torch.zeros(H)
+    b_alpha = torch.full((H,), 2.0)
+    state = 0.02 * torch.randn(B, H, d, state_width(d))
+    return [t.requires_grad_() for t in (u, q, b_eta, b_alpha, state)]
+
+
+def fwd_bwd(kernel, inputs, chunk_size):
+    o, final_state, _ = kernel(*inputs, chunk_size)
+    (o.sum() + final_state.sum()).backward()
+    return o.detach(), final_state.detach()
+
+
+def check_agreement(inputs, chunk_size):
+    """Max abs difference chunked vs reference: outputs, final state, and every input gradient."""
+    results = {}
+    for name, kernel in KERNELS.items():
+        for t in inputs:
+            t.grad = None
+        o, s = fwd_bwd(kernel, inputs, chunk_size)
+        results[name] = [o, s] + [t.grad.clone() for t in inputs]
+    for t in inputs:
+        t.grad = None
+    labels = ["o", "final_state", "grad_u", "grad_q", "grad_b_eta", "grad_b_alpha", "grad_state"]
+    return {k: (a - b).abs().max().item() for k, a, b in zip(labels, results["reference"], results["chunked"])}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    inputs = make_inputs(args.seq_len, args.heads, args.head_dim)
+    inputs = make_inputs(args.batch, args.seq_len, args.heads, args.head_dim)
 
-    def fwd_bwd(kernel):
-        def run():
-            o, state, _ = kernel(*inputs, args.chunk_size)
-            (o.sum() + state.sum()).backward()
-        return run
+    max_abs_diff = check_agreement(inputs, args.chunk_size)
+    print("max |reference - chunked|:", {k: f"{v:.1e}" for k, v in max_abs_diff.items()})
 
-    seconds = time_interleaved(
-        {"reference": fwd_bwd(naive_self_referential_gated_delta_rule), "chunked": fwd_bwd(chunk_self_referential_gated_delta_rule)},
-        repeats=args.repeats,
-    )
+    fns = {name: (lambda k=kernel: fwd_bwd(k, inputs, args.chunk_size)) for name, kernel in KERNELS.items()}
+    timings = time_interleaved(fns, repeats=args.repeats, warmup=1, desc="fwd+bwd repeats")
+    seconds = {name: t["median_s"] for name, t in timings.items()}
     speedup = seconds["reference"] / seconds["chunked"]
-    print(f"T={args.seq_len}: reference {seconds['reference']:.3f} s, chunked {seconds['chunked']:.3f} s, speed-up {speedup:.1f}x")
-    write_results("bench_ops", {"config": vars(args), "seconds_fwd_bwd": seconds, "speedup_chunked_over_reference": speedup})
+    print(f"T={args.seq_len}: reference {seconds['reference']:.3f} s, chunked {seconds['chunked']:.3f} s, "
+          f"speed-up {speedup:.1f}x")
+    write_results("bench_ops", {
+        "config": vars(args),
+        "seconds_fwd_bwd_median": seconds,
+        "timings": timings,
+        "speedup_chunked_over_reference": speedup,
+        "max_abs_diff_reference_vs_chunked": max_abs_diff,
+    })
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bars = ax.bar(list(seconds), list(seconds.values()), color=["tab:gray", "tab:blue"])
+    ax.bar_label(bars, fmt="%.3f s")
+    ax.set_yscale("log")
+    ax.set_ylabel("fwd+bwd seconds (median, log scale)")
+    ax.set_title(f"self-referential op, T={args.seq_len}, H={args.heads}, d={args.head_dim}: {speedup:.1f}x")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "bench_ops.png", dpi=120)
 
 
 if __name__ == "__main__":

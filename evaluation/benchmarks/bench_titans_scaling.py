@@ -1,7 +1,13 @@
-"""Linear scaling of one titans layer: forward time (no grad) at T = 1K .. 16K on CPU; time per
-token should stay flat (chunks run in sequence, each O(C^2 d + C d^2)).
+"""Linear scaling in T of one titans layer (HopeTitansMixer) forward on CPU.
 
-    python evaluation/benchmarks/bench_titans_scaling.py [--seq-lens 1024 2048 4096 8192 16384]
+Times `mixer(hidden_states)` under torch.no_grad at T = 1024, 2048, 4096, 8192, 16384 (hidden 256,
+4 heads, chunk 64, batch 1); the lengths are interleaved within every repeat and the median is
+kept. Reports time per token at each T (flat = linear), a least-squares fit time = a + b*T and the
+log-log slope (1.0 = linear, 2.0 = quadratic). Writes evaluation/results/bench_titans_scaling.json
+and a log-log plot with a linear reference line (.png).
+
+    python evaluation/benchmarks/bench_titans_scaling.py                  # defaults, ~1 minute
+    python evaluation/benchmarks/bench_titans_scaling.py --seq-lens 512 1024 2048 --repeats 3
 """
 
 import argparse
@@ -12,14 +18,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, time_interleaved, write_results  # noqa: E402
 
-from hope_hf import HopeConfig  # noqa: E402
-from hope_hf.modeling import HopeTitansMixer  # noqa: E402
+from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 
 
 def main():
@@ -28,32 +33,49 @@ def main():
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = HopeConfig(hidden_size=args.hidden_size, num_attention_heads=args.heads, num_hidden_layers=1,
+    config = HopeConfig(vocab_size=256, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                        num_hidden_layers=1, num_attention_heads=args.heads, mixer="titans",
                         titans_chunk_size=args.chunk_size)
-    layer = HopeTitansMixer(config, layer_idx=0).eval()
-    rows = []
-    for seq_len in tqdm(args.seq_lens, desc="sequence lengths"):
-        x = torch.randn(1, seq_len, args.hidden_size)
-        with torch.no_grad():
-            seconds = time_interleaved({"titans": lambda: layer(x)}, repeats=args.repeats)["titans"]
-        rows.append({"seq_len": seq_len, "seconds": seconds, "us_per_token": 1e6 * seconds / seq_len})
-        print(f"T={seq_len}: {seconds:.3f} s, {rows[-1]['us_per_token']:.1f} us/token")
-    per_token = [r["us_per_token"] for r in rows]
-    flatness = max(per_token) / min(per_token)
-    write_results("bench_titans_scaling", {"config": vars(args), "results": rows,
-                                           "max_over_min_time_per_token": flatness})
+    mixer = HopeForCausalLM(config).model.layers[0].mixer.eval()
+    inputs = {T: torch.randn(1, T, args.hidden_size) for T in args.seq_lens}
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lens = [r["seq_len"] for r in rows]
-    ax.loglog(lens, [r["seconds"] for r in rows], "o-", label="titans layer forward")
-    ax.loglog(lens, [rows[0]["seconds"] * n / lens[0] for n in lens], "--", label="linear reference")
+    with torch.no_grad():
+        fns = {T: (lambda x=x: mixer(x)) for T, x in inputs.items()}
+        timings = time_interleaved(fns, repeats=args.repeats, warmup=1, desc="repeats (all T each)")
+
+    lens = np.array(args.seq_lens, dtype=float)
+    seconds = np.array([timings[T]["median_s"] for T in args.seq_lens])
+    per_token_us = 1e6 * seconds / lens
+    slope, intercept = np.polyfit(lens, seconds, 1)  # seconds = intercept + slope * T
+    loglog_exponent = np.polyfit(np.log(lens), np.log(seconds), 1)[0]
+    flatness = per_token_us.max() / per_token_us.min()
+    rows = [{"seq_len": int(T), "seconds_median": float(s), "us_per_token": float(p), "seconds_all": timings[int(T)]["all_s"]}
+            for T, s, p in zip(lens, seconds, per_token_us)]
+    for r in rows:
+        print(f"T={r['seq_len']:>6}: {r['seconds_median']:.3f} s, {r['us_per_token']:.1f} us/token")
+    print(f"fit: time = {intercept * 1e3:.1f} ms + {slope * 1e6:.1f} us * T; log-log exponent {loglog_exponent:.3f}; "
+          f"time/token max/min {flatness:.2f}")
+    write_results("bench_titans_scaling", {
+        "config": vars(args),
+        "results": rows,
+        "fit_linear": {"intercept_s": float(intercept), "slope_us_per_token": float(slope * 1e6)},
+        "loglog_exponent": float(loglog_exponent),
+        "max_over_min_time_per_token": float(flatness),
+    })
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.loglog(lens, seconds, "o-", label="titans layer forward (median)")
+    ax.loglog(lens, seconds[0] * lens / lens[0], "--", color="gray", label="linear reference (∝ T)")
+    ax.loglog(lens, seconds[0] * (lens / lens[0]) ** 2, ":", color="lightgray", label="quadratic (∝ T²)")
+    ax.set_xticks(lens, [str(int(T)) for T in lens])
     ax.set_xlabel("sequence length T")
-    ax.set_ylabel("seconds (CPU, 2 threads)")
-    ax.set_title(f"titans layer: time/token max/min = {flatness:.2f}")
+    ax.set_ylabel(f"seconds (CPU, {args.threads} threads)")
+    ax.set_title(f"one titans layer, no grad: exponent {loglog_exponent:.2f}, us/token max/min {flatness:.2f}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "bench_titans_scaling.png", dpi=120)

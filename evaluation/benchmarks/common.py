@@ -1,5 +1,9 @@
-"""Timing helpers shared by the benchmarks: both sides run in one process, interleaved, and the
-median of the repeats is reported (these machines are noisy)."""
+"""Timing helpers shared by the benchmarks.
+
+Every side of a comparison runs in one process, interleaved (A, B, A, B, ...), and the median of
+the repeats is reported: these machines are shared and noisy, so only ratios taken this way are
+meaningful.
+"""
 
 import json
 import platform
@@ -8,28 +12,35 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each fn(), the fns alternating within every repeat."""
+def time_interleaved(fns: dict, repeats: int, warmup: int = 1, desc: str = "timing") -> dict[str, dict]:
+    """Run every fn() once per repeat, alternating between them; returns
+    {name: {"median_s", "min_s", "all_s"}}."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in tqdm(range(repeats), desc=desc, leave=False):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t} for name, t in times.items()}
 
 
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         **payload,
     }
     path = RESULTS / f"{name}.json"
