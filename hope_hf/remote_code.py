@@ -22,6 +22,8 @@ HOPE_REMOTE_MODULES = {
     "hope_hf.ops.self_referential.chunk": "self_referential_chunk",
     "hope_hf.ops.self_referential.fla_bridge": "self_referential_fla_bridge",
     "hope_hf.remote_code": "hope_remote_code",
+    "hope_hf.configuration.configuration_llama_cms": "configuration_llama_cms",
+    "hope_hf.modeling.modeling_llama_cms": "modeling_llama_cms",
 }
 
 _RELATIVE_IMPORT = re.compile(r"^(?P<indent>\s*)from (?P<dots>\.+)(?P<name>[\w.]*) import ", re.MULTILINE)
@@ -67,3 +69,16 @@ def write_remote_code(save_directory: str, modules: dict[str, str] = HOPE_REMOTE
                 f.write(flatten_module_source(module_name, modules))
         written.append(path)
     return written
+
+
+class RemoteCodeMixin:
+    """For PreTrainedModel subclasses: ``save_pretrained`` also writes ``auto_map`` and the flat
+    code, so stock transformers loads the folder with ``trust_remote_code=True``."""
+
+    remote_auto_map: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        self.config.auto_map = dict(self.remote_auto_map)
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            write_remote_code(save_directory)

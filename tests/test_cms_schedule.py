@@ -61,7 +61,7 @@ def test_sgd_levels_change_only_at_pulses_by_lr_times_chunk_gradient_sum():
 def test_frozen_level_never_changes_and_overrides_apply():
     model = tiny_model(cms_levels=PERIODS).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    schedule = CMSSchedule(model, periods={1: None, "model.layers.1.cms.levels.0": 2})
+    schedule = CMSSchedule(model, periods={1: None, "model.layers.1.cms:0": 2})
     frozen, layer1_level0 = level_params(model, 1), {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("model.layers.1.cms.levels.0.")}
     for step in range(1, 4):
         ids = batch_for(step)
@@ -148,7 +148,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="level index 5"):
         CMSSchedule(model, periods={5: 2})
     with pytest.raises(ValueError, match="does not exist"):
-        CMSSchedule(model, periods={"model.layers.9.cms.levels.0": 2})
+        CMSSchedule(model, periods={"model.layers.9.cms:0": 2})
     with pytest.raises(ValueError, match="one entry per level index"):
         CMSSchedule(model, periods=[1])
     other = tiny_model(cms_levels=PERIODS, num_hidden_layers=3)

@@ -10,16 +10,24 @@ CMS_LEVEL_KEYS = ("intermediate_size", "update_period")
 
 
 def validate_cms_levels(cms_levels, field: str = "cms_levels") -> None:
-    """A CMS is a non-empty list of levels {"intermediate_size": int >= 1, "update_period": int >= 1}."""
+    """A CMS is a non-empty list of levels {"intermediate_size": int >= 1, "update_period": int >= 1}
+    with an optional unique "name"."""
     if not isinstance(cms_levels, (list, tuple)) or len(cms_levels) == 0:
         raise ValueError(f"`{field}` must be a non-empty list of levels with keys {CMS_LEVEL_KEYS}, got {cms_levels!r}")
+    names = set()
     for i, level in enumerate(cms_levels):
-        if not isinstance(level, dict) or set(level) != set(CMS_LEVEL_KEYS):
-            raise ValueError(f"`{field}[{i}]` must be a dict with exactly the keys {CMS_LEVEL_KEYS}, got {level!r}")
+        if not isinstance(level, dict) or not set(CMS_LEVEL_KEYS) <= set(level) <= {*CMS_LEVEL_KEYS, "name"}:
+            raise ValueError(
+                f"`{field}[{i}]` must be a dict with the keys {CMS_LEVEL_KEYS} and optionally 'name', got {level!r}"
+            )
         for key in CMS_LEVEL_KEYS:
             value = level[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{field}[{i}]['{key}']` must be an int >= 1, got {value!r}")
+        if "name" in level:
+            if not isinstance(level["name"], str) or level["name"] in names:
+                raise ValueError(f"`{field}[{i}]['name']` must be a unique string, got {level['name']!r} (names {sorted(names)})")
+            names.add(level["name"])
 
 
 def validate_choice(field: str, value, allowed) -> None:

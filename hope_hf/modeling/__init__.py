@@ -1,1 +1,2 @@
 from .modeling_hope import ContinuumMemorySystem, HopeCache, HopeForCausalLM, HopeModel, HopePreTrainedModel, HopeTitansMixer
+from .modeling_llama_cms import LlamaCMSForCausalLM, LlamaCMSMLP, LlamaCMSModel

@@ -26,6 +26,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNor
 
 from ..configuration.configuration_hope import HopeConfig
 from ..ops.self_referential import self_referential_gated_delta_rule, state_width
+from ..remote_code import RemoteCodeMixin
 
 
 class SwiGLU(nn.Module):
@@ -48,25 +49,39 @@ class ContinuumMemorySystem(nn.Module):
     sequential / nested (Eq 73 / 72): z_1 = MLP_1(x), z_l = z_{l-1} + MLP_l(norm_l(z_{l-1})), out z_k
     independent (Eq 74):             out = sum_l w_l * MLP_l(x), w learnable
     The input x is already normalised by the block. Level 1 has no inner norm, so a pretrained
-    MLP can serve as level 1 unchanged (see LlamaCMS). Update periods act in the optimizer
-    (CMSSchedule) and in test-time learning, not in this forward.
+    MLP can serve as level 1 unchanged (LlamaCMSMLP keeps it outside ``levels``, under its
+    original names: ``num_external_levels = 1``). Update periods act in CMSSchedule and
+    InContextLearner, which find the levels through ``level_parameters()``, not in this forward.
     """
+
+    num_external_levels = 0  # leading levels a subclass provides itself
 
     def __init__(self, hidden_size: int, levels: list[dict], variant: str, hidden_act: str, eps: float):
         super().__init__()
         self.variant = variant
         self.update_periods = [level["update_period"] for level in levels]
-        self.levels = nn.ModuleList(SwiGLU(hidden_size, lv["intermediate_size"], hidden_act) for lv in levels)
+        self.levels = nn.ModuleList(
+            SwiGLU(hidden_size, lv["intermediate_size"], hidden_act) for lv in levels[self.num_external_levels :]
+        )
         if variant == "independent":
             self.level_weights = nn.Parameter(torch.ones(len(levels)))
         else:
             self.norms = nn.ModuleList(LlamaRMSNorm(hidden_size, eps=eps) for _ in levels[1:])
 
+    def level_modules(self) -> list:
+        """The callables of every level, in order."""
+        return list(self.levels)
+
+    def level_parameters(self) -> list[list[nn.Parameter]]:
+        """The parameters of every level, in order (what the CMS update rule acts on)."""
+        return [list(level.parameters()) for level in self.levels]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.level_modules()
         if self.variant == "independent":
-            return sum(w * level(x) for w, level in zip(self.level_weights, self.levels))
-        z = self.levels[0](x)
-        for norm, level in zip(self.norms, self.levels[1:]):
+            return sum(w * level(x) for w, level in zip(self.level_weights, levels))
+        z = levels[0](x)
+        for norm, level in zip(self.norms, levels[1:]):
             z = z + level(norm(z))
         return z
 
@@ -268,7 +283,7 @@ class HopeDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.cms(self.cms_norm(hidden_states))
 
 
-class HopePreTrainedModel(PreTrainedModel):
+class HopePreTrainedModel(RemoteCodeMixin, PreTrainedModel):
     config: HopeConfig
     config_class = HopeConfig
     base_model_prefix = "model"
@@ -279,22 +294,11 @@ class HopePreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _is_stateful = True
 
-    # auto_map written into every saved config: the checkpoint carries its own code
-    _remote_auto_map = {
+    remote_auto_map = {
         "AutoConfig": "configuration_hope.HopeConfig",
         "AutoModel": "modeling_hope.HopeModel",
         "AutoModelForCausalLM": "modeling_hope.HopeForCausalLM",
     }
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        """Safetensors weights + config, plus a flat copy of the model code (see remote_code.py),
-        so that stock transformers loads the folder with ``trust_remote_code=True``."""
-        self.config.auto_map = dict(self._remote_auto_map)
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            from ..remote_code import write_remote_code
-
-            write_remote_code(save_directory)
 
     @torch.no_grad()
     def _init_weights(self, module):

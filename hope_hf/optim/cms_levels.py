@@ -10,7 +10,7 @@ from torch import nn
 class CMSLevel:
     """One level of one CMS module: its parameters and its update period (None = frozen)."""
 
-    name: str  # e.g. "model.layers.3.cms.levels.1"
+    name: str  # "<module path>:<level index>", e.g. "model.layers.3.cms:1"
     index: int  # position in the module's level list
     period: int | None
     variant: str
@@ -20,7 +20,7 @@ class CMSLevel:
 
 def is_cms_module(module: nn.Module) -> bool:
     """Duck-typed, so remote-code copies of the model classes are recognised too."""
-    return isinstance(getattr(module, "levels", None), nn.ModuleList) and hasattr(module, "update_periods")
+    return hasattr(module, "level_parameters") and hasattr(module, "update_periods")
 
 
 def check_period(period, where: str):
@@ -35,12 +35,12 @@ def find_cms_levels(model: nn.Module, periods=None) -> list[CMSLevel]:
     periods: None (the periods in each module, i.e. the config's ``update_period``), a list
     with one period per level index (levels of the same index across layers share it), or a
     dict whose int keys are level indices and whose str keys name one level
-    (``"model.layers.3.cms.levels.1"``); None as a period freezes a level.
+    (``"model.layers.3.cms:1"``: level 1 of that module); None as a period freezes a level.
     """
     modules = [(name, m) for name, m in model.named_modules() if is_cms_module(m)]
     if not modules:
         raise ValueError(f"{type(model).__name__} has no Continuum Memory System module")
-    num_levels = max(len(m.levels) for _, m in modules)
+    num_levels = max(len(m.update_periods) for _, m in modules)
     if periods is None:
         periods = {}
     elif isinstance(periods, (list, tuple)):
@@ -50,7 +50,7 @@ def find_cms_levels(model: nn.Module, periods=None) -> list[CMSLevel]:
     elif not isinstance(periods, dict):
         raise TypeError(f"periods must be None, a list or a dict, got {type(periods).__name__}")
 
-    level_names = {f"{name}.levels.{i}" for name, m in modules for i in range(len(m.levels))}
+    level_names = {f"{name}:{i}" for name, m in modules for i in range(len(m.update_periods))}
     for key, period in periods.items():
         if isinstance(key, int) and not 0 <= key < num_levels:
             raise ValueError(f"periods names level index {key}, but the model's levels are 0..{num_levels - 1}")
@@ -62,11 +62,11 @@ def find_cms_levels(model: nn.Module, periods=None) -> list[CMSLevel]:
     levels = []
     for module_name, module in modules:
         module_levels = []
-        for i, level_module in enumerate(module.levels):
-            name = f"{module_name}.levels.{i}"
+        for i, level_params in enumerate(module.level_parameters()):
+            name = f"{module_name}:{i}"
             period = periods.get(name, periods.get(i, module.update_periods[i]))
             level = CMSLevel(name, i, check_period(period, name), module.variant)
-            level.params = [(param_names[id(p)], p) for p in level_module.parameters() if p.requires_grad]
+            level.params = [(param_names[id(p)], p) for p in level_params if p.requires_grad]
             module_levels.append(level)
         if module.variant == "nested":
             for parent, child in zip(module_levels, module_levels[1:]):
