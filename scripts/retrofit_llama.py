@@ -40,7 +40,7 @@ def level_table(model: LlamaCMSForCausalLM) -> str:
         rows.append((str(i), spec.get("name", ""), f"{sum(p.numel() for p in params):,}", str(spec["update_period"]),
                      str(all(p.requires_grad for p in params))))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def main():
