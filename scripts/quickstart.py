@@ -11,22 +11,12 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hope_hf
 from hope_hf.data import sample_text_path
-
-
-def train_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on the embedded text (no download)."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"])
-    tokenizer.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+from hope_hf.training.tokenizer import train_bpe_tokenizer
 
 
 def batches(token_ids: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator):
@@ -53,7 +43,7 @@ def main():
     torch.manual_seed(args.seed)
 
     lines = sample_text_path().read_text(encoding="utf-8").splitlines()
-    tokenizer = train_tokenizer(lines, args.vocab_size)
+    tokenizer = train_bpe_tokenizer(lines, args.vocab_size)
     token_ids = torch.tensor(tokenizer("\n".join(lines))["input_ids"])
     print(f"embedded text: {len(lines)} chapters, {token_ids.numel():,} tokens")
 

@@ -1,0 +1,233 @@
+"""An Accelerate training loop for causal LMs with CMS levels (Hope and Llama-CMS).
+
+Mixed precision, gradient accumulation, clipping, warmup + cosine (transformers' get_scheduler),
+AdamW, the CMSSchedule (Eq 71), periodic held-out perplexity, tqdm, a JSONL log, and
+``save_state`` checkpoints that ``resume_from`` restores exactly: model, optimizer, LR scheduler,
+CMS schedule, RNG states and the position in the data.
+"""
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..optim.cms_levels import is_cms_module
+from ..optim.cms_schedule import CMSSchedule
+
+STATE_FILE = "trainer_state.json"
+STATE_FORMAT = "hope_hf.trainer/1"
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str
+    max_steps: int = 100
+    batch_size: int = 8  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    optimizer: str = "adamw"
+    cms_periods: list | dict | None = None  # CMSSchedule periods; None: the config's
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 0  # 0: only the final checkpoint
+    log_every: int = 1
+    seed: int = 0
+    resume_from: str | None = None
+    stop_after_steps: int | None = None  # stop early (as if preempted), for resume tests
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batches", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.optimizer not in ("adamw",):
+            raise ValueError(f"optimizer must be one of ('adamw',), got {self.optimizer!r}")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # batches consumed (per process)
+    history: list = field(default_factory=list)  # one dict per logged step / evaluation
+
+
+def check_resumable(path: str | Path) -> Path:
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.exists():
+        raise ValueError(f"{str(path)!r} is not a hope_hf training checkpoint (no {STATE_FILE})")
+    if json.loads(state_file.read_text()).get("format") != STATE_FORMAT:
+        raise ValueError(f"{str(path)!r} holds a checkpoint of another format than {STATE_FORMAT}")
+    return path
+
+
+def collate(blocks: list[dict]) -> torch.Tensor:
+    return torch.stack([b["input_ids"] for b in blocks])
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, max_batches: int) -> float:
+    """Held-out perplexity: exp of the mean next-token loss over at most max_batches batches."""
+    model.eval()
+    losses = []
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        losses.append(accelerator.gather(model(input_ids=batch, labels=batch).loss.detach()[None]).mean())
+    model.train()
+    return math.exp(torch.stack(losses).mean().item())
+
+
+def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=None) -> TrainerState:
+    """Train ``model`` and save it (with the tokenizer) to ``output_dir/final``."""
+    resume_dir = check_resumable(config.resume_from) if config.resume_from else None
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(config.seed)
+    accelerator.print(f"accelerate: num_processes={accelerator.num_processes}, device={accelerator.device}")
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                                 num_training_steps=config.max_steps)
+    train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(config.seed))
+    eval_loader = DataLoader(eval_dataset, batch_size=config.batch_size, collate_fn=collate)
+    model, optimizer, train_loader, eval_loader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, lr_scheduler
+    )
+    schedule = None
+    if any(is_cms_module(m) for m in accelerator.unwrap_model(model).modules()):
+        schedule = CMSSchedule(accelerator.unwrap_model(model), config.cms_periods)
+        accelerator.register_for_checkpointing(schedule)
+
+    state = TrainerState()
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        saved = json.loads((resume_dir / STATE_FILE).read_text())
+        state = TrainerState(saved["step"], saved["micro_step"], saved["history"])
+    log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process:  # the log holds exactly the steps of this run's history
+        log_path.write_text("".join(json.dumps(record) + "\n" for record in state.history))
+
+    def log(record: dict) -> None:
+        state.history.append(record)
+        if accelerator.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint() -> Path:
+        path = output_dir / "checkpoints" / f"step_{state.step}"
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            payload = {"format": STATE_FORMAT, **asdict(state), "config": asdict(config)}
+            (path / STATE_FILE).write_text(json.dumps(payload, indent=1))
+        accelerator.wait_for_everyone()
+        return path
+
+    progress = tqdm(total=config.max_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+    window = []
+    epoch, skip = divmod(state.micro_step, len(train_loader))
+    model.train()
+    while state.step < config.max_steps:
+        train_loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch, labels=batch).loss
+                accelerator.backward(loss)
+                window.append(loss.detach())
+                if accelerator.sync_gradients:
+                    optimizer_step(model, optimizer, schedule, accelerator, config.max_grad_norm)
+                    lr_scheduler.step()
+                optimizer.zero_grad()
+            state.micro_step += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            progress.update(1)
+            if state.step % config.log_every == 0 or state.step == config.max_steps:
+                mean_loss = accelerator.gather(torch.stack(window).mean()[None]).mean().item()
+                log({"step": state.step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
+                progress.set_postfix(loss=f"{mean_loss:.3f}")
+            window = []
+            if config.eval_every and state.step % config.eval_every == 0:
+                log({"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)})
+            if config.save_every and state.step % config.save_every == 0:
+                save_checkpoint()
+            if state.step >= config.max_steps or state.step == config.stop_after_steps:
+                break
+        if state.step == config.stop_after_steps and state.step < config.max_steps:
+            progress.close()
+            return state
+        epoch, skip = epoch + 1, 0
+    progress.close()
+
+    if not (config.eval_every and state.step % config.eval_every == 0):
+        log({"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)})
+    if not (config.save_every and state.step % config.save_every == 0):
+        save_checkpoint()
+    if accelerator.is_main_process:
+        final = output_dir / "final"
+        accelerator.unwrap_model(model).save_pretrained(final)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(final)
+        plot_losses(log_path, output_dir / "loss_curve.png")
+    accelerator.wait_for_everyone()
+    return state
+
+
+def optimizer_step(model, optimizer, schedule, accelerator, max_grad_norm) -> None:
+    """CMS levels hold or release their gradients (Eq 71), then clip, step."""
+    if schedule is not None:
+        schedule.release_gradients()
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if schedule is not None:
+        schedule.after_optimizer_step()
+
+
+def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
+    """Training loss per step (and held-out perplexity) from a JSONL log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in records if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [r["loss"] for r in records if "loss" in r], label="training loss")
+    evals = [r for r in records if "eval_perplexity" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [math.log(r["eval_perplexity"]) for r in evals], "o-", label="held-out loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""The Accelerate training loop through scripts/train.py: multi-process equivalence, exact
+resume in a new process, and bad input rejected before any training step."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hope_hf.data import sample_text_path
+from hope_hf.training import train_bpe_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "scripts" / "train.py")
+SMALL_RUN = ["--preset", "tiny", "--block-size", "32", "--batch-size", "2", "--eval-every", "0", "--eval-batches", "2",
+             "--warmup-steps", "1", "--learning-rate", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def data_and_tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    lines = sample_text_path().read_text().splitlines()[:12]
+    (folder / "text.txt").write_text("\n".join(lines) + "\n")
+    train_bpe_tokenizer(lines, 300).save_pretrained(folder / "tokenizer")
+    return ["--data", str(folder / "text.txt"), "--tokenizer", str(folder / "tokenizer")]
+
+
+def run(args, env=None, launcher=(sys.executable,)):
+    result = subprocess.run([*launcher, TRAIN, *args], capture_output=True, text=True, timeout=600, env=env)
+    return result
+
+
+def losses(output_dir):
+    return [r["loss"] for r in map(json.loads, (Path(output_dir) / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data_and_tokenizer):
+    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "3", "--save-every", "0"]
+    single = run([*common, "--output-dir", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
+    double = run([*common, "--output-dir", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"], env, torchrun)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "num_processes=2" in double.stdout
+    # same global batches: losses and weights agree up to float summation order
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), atol=1e-5, rtol=0)
+    one, two = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("one", "two"))
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_kill_and_resume_in_new_process_is_identical(tmp_path, data_and_tokenizer):
+    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "6", "--save-every", "3", "--gradient-accumulation-steps", "2"]
+    whole = run([*common, "--output-dir", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = run([*common, "--output-dir", str(tmp_path / "split"), "--stop-after-steps", "3"])
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert not (tmp_path / "split" / "final").exists()
+    resumed = run([*common, "--output-dir", str(tmp_path / "split"), "--resume-from", str(tmp_path / "split" / "checkpoints" / "step_3")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 6
+    a, b = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("whole", "split"))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data", "no/such/file.txt"], "no/such/file.txt"),
+        (["--data", "EMPTY"], "no non-empty documents"),
+        (["--block-size", "100000"], "over the model's maximum"),
+        (["--preset", "gigantic"], "--preset must be one of"),
+        (["--resume-from", "NOT_OURS"], "is not a hope_hf training checkpoint"),
+    ],
+)
+def test_bad_input_is_rejected_before_training(tmp_path, data_and_tokenizer, extra, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    (tmp_path / "not_ours").mkdir()
+    extra = [str(empty) if e == "EMPTY" else str(tmp_path / "not_ours") if e == "NOT_OURS" else e for e in extra]
+    result = run([*SMALL_RUN, *data_and_tokenizer, "--max-steps", "2", "--output-dir", str(tmp_path / "out"), *extra])
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "out" / "train_log.jsonl").exists()
+
+
+def test_accelerate_config_files_parse_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((ROOT / "configs" / "accelerate").glob("*.yaml")):
+        kinds[path.stem] = str(load_config_from_file(str(path)).distributed_type)
+        assert yaml.safe_load(path.read_text())
+    assert kinds == {"ddp": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp2": "FSDP", "single_gpu": "NO"}
