@@ -2,10 +2,13 @@
 
 Every side of a comparison runs in one process, interleaved (A, B, A, B, ...), and the median of
 the repeats is reported: these machines are shared and noisy, so only ratios taken this way are
-meaningful.
+meaningful. Oversubscribed cores (load average well above the core count) hurt the many
+small ops of the chunked memory far more than attention's few large ones, so a run under load
+understates Hope; the JSON records the load average for that reason.
 """
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -40,6 +43,9 @@ def write_results(name: str, payload: dict) -> Path:
             "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            # >> cpu_count means other processes competed for the cores during the run
+            "loadavg_1_5_15min_at_end": os.getloadavg(),
         },
         **payload,
     }

@@ -102,6 +102,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
             num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,  # one LR step per optimizer step, whatever the process count
     )
     set_seed(config.seed)
     accelerator.print(f"accelerate: num_processes={accelerator.num_processes}, device={accelerator.device}")
