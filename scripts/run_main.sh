@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (.venv, installs) and run the main job on the embedded default text.
-# Until the training job exists, the main job is the quick-start. Extra arguments are passed on.
+# Set up (.venv, installs) and run the main job: retrofit the real SmolLM2-135M-Instruct with a
+# CMS and continual-pretrain it on the embedded Spanish text, measuring forgetting on English.
+# Extra arguments go to scripts/continual_pretrain.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/python scripts/quickstart.py "$@"
+exec .venv/bin/python scripts/continual_pretrain.py "$@"

@@ -107,3 +107,30 @@ def test_accelerate_config_files_parse_with_accelerate():
     assert kinds == {"ddp": "MULTI_GPU", "deepspeed_zero2": "DEEPSPEED", "fsdp2": "FSDP", "single_gpu": "NO"}
     fsdp = yaml.safe_load((ROOT / "configs" / "accelerate" / "fsdp2.yaml").read_text())["fsdp_config"]
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "HopeDecoderLayer"
+
+
+def test_continual_pretrain_on_a_llama_directory(tmp_path):
+    """The main job's script end to end on a tiny Llama (the SmolLM2 run is the README's first command)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    lines = sample_text_path().read_text().splitlines()[:10]
+    tokenizer = train_bpe_tokenizer(lines, 300)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, eos_token_id=tokenizer.eos_token_id))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    (tmp_path / "new.txt").write_text("\n".join(lines[:6]) + "\n")
+    (tmp_path / "old.txt").write_text("\n".join(lines[6:]) + "\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "continual_pretrain.py"), "--model", str(tmp_path / "llama"),
+         "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "--new-level-size", "16",
+         "--block-size", "32", "--max-steps", "3", "--eval-batches", "2", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out perplexity" in result.stdout and "new domain" in result.stdout and "old domain" in result.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["before"]) == set(results["after"]) == {"new domain", "old domain"}
+    assert (tmp_path / "out" / "loss_curve.png").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
+    assert model.config.model_type == "llama_cms" and [lv["name"] for lv in model.config.cms_levels] == ["pretrained", "fast"]
