@@ -55,13 +55,15 @@ def write_remote_code(save_directory: str, modules: dict[str, str] = HOPE_REMOTE
     """Write the flattened modules into ``save_directory``; returns the files written.
 
     Run from a flat copy itself (a checkpoint loaded as remote code and saved again), the
-    sibling files are copied as they are."""
+    sibling files that transformers brought along are copied as they are."""
     written = []
     is_flat_copy = not __name__.startswith("hope_hf.")
     for module_name, flat_name in modules.items():
         path = os.path.join(save_directory, f"{flat_name}.py")
-        if is_flat_copy:
+        if is_flat_copy:  # transformers copied only the files this model imports: copy those
             source_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{flat_name}.py")
+            if not os.path.exists(source_path):
+                continue
             if os.path.abspath(source_path) != os.path.abspath(path):
                 shutil.copyfile(source_path, path)
         else:

@@ -139,6 +139,8 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if "eval_perplexity" in record:  # losses show on the progress bar, evaluations as lines
+                tqdm.write(f"step {record['step']}: held-out perplexity {record['eval_perplexity']:.2f}")
 
     def save_checkpoint() -> Path:
         path = output_dir / "checkpoints" / f"step_{state.step}"
