@@ -12,23 +12,20 @@ generates a sample, saves the model and writes loss_curve.png.
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
-import hope_hf  # noqa: E402,F401  (registers llama_cms)
-from hope_hf import LlamaCMSForCausalLM  # noqa: E402
-from hope_hf.data import sample_text_path, smollm2_gguf_path  # noqa: E402
-from hope_hf.optim.cms_levels import is_cms_module  # noqa: E402
-from hope_hf.training import build_datasets, train  # noqa: E402
-from hope_hf.training.trainer import collate  # noqa: E402
-from train import add_training_arguments, training_config  # noqa: E402
+from hope_hf import LlamaCMSForCausalLM  # importing hope_hf registers llama_cms with the Auto classes
+from hope_hf.data import sample_text_path, smollm2_gguf_path
+from hope_hf.optim.cms_levels import is_cms_module
+from hope_hf.training import build_datasets, train
+from hope_hf.training.cli import add_training_arguments, training_config
+from hope_hf.training.trainer import collate
 
 
 def load_model_and_tokenizer(source: Path, args):
@@ -89,7 +86,7 @@ def main():
     stamp("perplexity before training measured")
     train(model, new_train, new_held_out, config, tokenizer)
     stamp("training done")
-    if not Accelerator().is_main_process:
+    if not PartialState().is_main_process:
         return
     if config.stop_after_steps and config.stop_after_steps < config.max_steps:
         return

@@ -3,14 +3,13 @@
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 from hope_hf import CMSSchedule
 
-from helpers import random_ids, tiny_model
+from helpers import tiny_model
 
 PERIODS = [{"intermediate_size": 16, "update_period": 1}, {"intermediate_size": 8, "update_period": 3}]
 

@@ -5,8 +5,6 @@ One block (DESIGN.md):
     y = h + CMS(RMSNorm(h))        CMS   = ContinuumMemorySystem (Eq 70-74)
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

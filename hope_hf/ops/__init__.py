@@ -7,3 +7,11 @@ from .self_referential import (
     self_referential_gated_delta_rule,
     state_width,
 )
+
+__all__ = [
+    "chunk_self_referential_gated_delta_rule",
+    "fla_self_referential_gated_delta_rule",
+    "naive_self_referential_gated_delta_rule",
+    "self_referential_gated_delta_rule",
+    "state_width",
+]

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.stateless import _reparametrize_module
 
-from .cms_levels import CMSLevel, find_cms_levels
+from .cms_levels import find_cms_levels
 
 
 @dataclass

@@ -8,7 +8,6 @@ CMS schedule, RNG states and the position in the data.
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

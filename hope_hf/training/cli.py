@@ -1,0 +1,36 @@
+"""Command-line arguments shared by scripts/train.py and scripts/continual_pretrain.py."""
+
+import argparse
+
+from .trainer import TrainingConfig, check_resumable
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+    """Arguments shared with continual_pretrain.py."""
+    parser.add_argument("--output-dir", default=defaults.get("output_dir", "outputs/train"))
+    parser.add_argument("--block-size", type=int, default=defaults.get("block_size", 256))
+    parser.add_argument("--max-steps", type=int, default=defaults.get("max_steps", 200))
+    parser.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8))
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=defaults.get("learning_rate", 1e-3))
+    parser.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 20))
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--eval-every", type=int, default=defaults.get("eval_every", 50))
+    parser.add_argument("--eval-batches", type=int, default=defaults.get("eval_batches", 8))
+    parser.add_argument("--save-every", type=int, default=defaults.get("save_every", 100))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-proc", type=int, default=None, help="processes for tokenisation")
+    parser.add_argument("--resume-from", default=None, help="a checkpoints/step_N folder of an earlier run")
+    parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def training_config(args) -> TrainingConfig:
+    if args.resume_from:
+        check_resumable(args.resume_from)
+    return TrainingConfig(
+        output_dir=args.output_dir, max_steps=args.max_steps, batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps, mixed_precision=args.mixed_precision, eval_every=args.eval_every,
+        eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed, resume_from=args.resume_from,
+        stop_after_steps=args.stop_after_steps,
+    )
