@@ -134,3 +134,24 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     assert (tmp_path / "out" / "loss_curve.png").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     assert model.config.model_type == "llama_cms" and [lv["name"] for lv in model.config.cms_levels] == ["pretrained", "fast"]
+
+
+def test_txt_jsonl_and_parquet_give_the_same_blocks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hope_hf.training import build_datasets
+
+    lines = sample_text_path().read_text().splitlines()[:8]
+    tokenizer = train_bpe_tokenizer(lines, 300)
+    (tmp_path / "d.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    pq.write_table(pa.table({"text": lines}), tmp_path / "d.parquet")
+    blocks = {}
+    for suffix in ("txt", "jsonl", "parquet"):
+        train_blocks, held_out = build_datasets([str(tmp_path / f"d.{suffix}")], tokenizer, 16, eval_fraction=0.25)
+        blocks[suffix] = (train_blocks[:]["input_ids"], held_out[:]["input_ids"])
+        assert blocks[suffix][0].shape[1] == 16
+        assert (blocks[suffix][0] == tokenizer.eos_token_id).sum() >= 1  # documents are separated by EOS
+    for suffix in ("jsonl", "parquet"):
+        assert all(torch.equal(a, b) for a, b in zip(blocks[suffix], blocks["txt"]))
