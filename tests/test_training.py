@@ -62,8 +62,10 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_kill_and_resume_in_new_process_is_identical(tmp_path, data_and_tokenizer):
-    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "6", "--save-every", "3", "--gradient-accumulation-steps", "2"]
+@pytest.mark.parametrize("optimizer", ["adamw", "m3"])
+def test_kill_and_resume_in_new_process_is_identical(tmp_path, data_and_tokenizer, optimizer):
+    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "6", "--save-every", "3", "--gradient-accumulation-steps", "2",
+              "--optimizer", optimizer]
     whole = run([*common, "--output-dir", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr[-3000:]
     stopped = run([*common, "--output-dir", str(tmp_path / "split"), "--stop-after-steps", "3"])

@@ -15,6 +15,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--learning-rate", type=float, default=defaults.get("learning_rate", 1e-3))
     parser.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 20))
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "m3"])
+    parser.add_argument("--m3-lr", type=float, default=0.02, help="M3's rate for hidden matrices (--learning-rate: the rest)")
     parser.add_argument("--eval-every", type=int, default=defaults.get("eval_every", 50))
     parser.add_argument("--eval-batches", type=int, default=defaults.get("eval_batches", 8))
     parser.add_argument("--save-every", type=int, default=defaults.get("save_every", 100))
@@ -30,7 +32,7 @@ def training_config(args) -> TrainingConfig:
     return TrainingConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, mixed_precision=args.mixed_precision, eval_every=args.eval_every,
+        warmup_steps=args.warmup_steps, mixed_precision=args.mixed_precision, optimizer=args.optimizer, m3_lr=args.m3_lr, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed, resume_from=args.resume_from,
         stop_after_steps=args.stop_after_steps,
     )

@@ -20,6 +20,7 @@ from transformers import get_scheduler
 
 from ..optim.cms_levels import is_cms_module
 from ..optim.cms_schedule import CMSSchedule
+from ..optim.m3 import M3
 
 STATE_FILE = "trainer_state.json"
 STATE_FORMAT = "hope_hf.trainer/1"
@@ -37,7 +38,8 @@ class TrainingConfig:
     lr_scheduler: str = "cosine"
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no", "bf16", "fp16"
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # "adamw" or "m3" (hidden matrices M3, the rest AdamW at learning_rate)
+    m3_lr: float = 0.02
     cms_periods: list | dict | None = None  # CMSSchedule periods; None: the config's
     eval_every: int = 50
     eval_batches: int = 8
@@ -52,8 +54,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.optimizer not in ("adamw",):
-            raise ValueError(f"optimizer must be one of ('adamw',), got {self.optimizer!r}")
+        if self.optimizer not in ("adamw", "m3"):
+            raise ValueError(f"optimizer must be one of ('adamw', 'm3'), got {self.optimizer!r}")
         if self.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
 
@@ -109,8 +111,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                                  num_training_steps=config.max_steps)
     train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
@@ -200,6 +201,14 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
         plot_losses(log_path, output_dir / "loss_curve.png")
     accelerator.wait_for_everyone()
     return state
+
+
+def build_optimizer(model, config: TrainingConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "m3":
+        return M3.from_model(model, lr=config.m3_lr, weight_decay=config.weight_decay,
+                             adamw_lr=config.learning_rate, adamw_weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def optimizer_step(model, optimizer, schedule, accelerator, max_grad_norm) -> None:
