@@ -23,6 +23,6 @@ setup(
     ],
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
-        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib"],
+        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn"],
     },
 )

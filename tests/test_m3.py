@@ -51,7 +51,7 @@ def test_one_level_matches_the_documented_reduction():
     """k=1: theta -= lr * NS(M) / (sqrt(V) + eps), M = sum of beta_1 * g, V = sum of beta_2 * g^2."""
     weight, targets = quadratic_problem()
     expected = weight.detach().clone()
-    optimizer = M3([weight], lr=0.05, levels=[{"period": 1, "beta": 0.9, "weight": 1.0}], betas=(0.9, 0.95, 0.0))
+    optimizer = M3([weight], lr=0.05, levels=[{"period": 1, "beta": 0.9, "weight": 1.0}], betas=(0.9, 0.95, 0.0), eps=1e-8)
     momentum, variance = torch.zeros(6, 5), torch.zeros(6, 5)
     for target in targets[:4]:
         weight.grad = None
@@ -88,7 +88,7 @@ def test_resume_mid_chunk_is_bit_identical():
 
 def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
     model = tiny_model().train()
-    optimizer = M3.from_model(model, lr=0.02, adamw_lr=3e-3)
+    optimizer = M3.from_model(model, lr=3e-3, adamw_lr=3e-3)
     m3_group, adamw_group = optimizer.param_groups
     assert all(p.dim() == 2 for p in m3_group["params"]) and adamw_group["algorithm"] == "adamw"
     adamw_ids = {id(p) for p in adamw_group["params"]}
@@ -124,9 +124,9 @@ def test_bad_hyper_parameters_raise_value_error(kwargs, field):
 
 def test_bf16_parameters_and_lr_schedulers_scale_both_groups():
     model = tiny_model().to(torch.bfloat16)
-    optimizer = M3.from_model(model, lr=0.02, adamw_lr=1e-3)
+    optimizer = M3.from_model(model, lr=2e-3, adamw_lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.0005]
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 5e-4]
     ids = random_ids(2, 9)
     before = {n: p.clone() for n, p in model.named_parameters()}
     model(ids, labels=ids).loss.backward()

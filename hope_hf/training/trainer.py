@@ -39,7 +39,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no", "bf16", "fp16"
     optimizer: str = "adamw"  # "adamw" or "m3" (hidden matrices M3, the rest AdamW at learning_rate)
-    m3_lr: float = 0.02
+    m3_lr: float = 1e-3
     cms_periods: list | dict | None = None  # CMSSchedule periods; None: the config's
     eval_every: int = 50
     eval_batches: int = 8
