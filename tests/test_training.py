@@ -46,8 +46,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data_and_tokenizer):
-    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "3", "--save-every", "0"]
+@pytest.mark.parametrize("optimizer", ["adamw", "m3"])
+def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data_and_tokenizer, optimizer):
+    common = [*SMALL_RUN, *data_and_tokenizer, "--max-steps", "3", "--save-every", "0", "--optimizer", optimizer]
     single = run([*common, "--output-dir", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"])
     assert single.returncode == 0, single.stderr[-3000:]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
