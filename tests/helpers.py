@@ -28,3 +28,16 @@ def tiny_model(**overrides) -> HopeForCausalLM:
 
 def random_ids(batch, length, vocab=101):
     return torch.randint(2, vocab, (batch, length))
+
+
+def train_on_repeated_motif(model, optimizer, steps: int) -> list[float]:
+    """Train on one 8-token motif repeated 4 times (something a memory can pick up); the losses."""
+    pattern = random_ids(1, 8).repeat(2, 4)
+    losses = []
+    for _ in range(steps):
+        loss = model(pattern, labels=pattern).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

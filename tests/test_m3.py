@@ -8,7 +8,7 @@ import torch
 from hope_hf import M3
 from hope_hf.optim.m3 import newton_schulz
 
-from helpers import random_ids, tiny_model
+from helpers import random_ids, tiny_model, train_on_repeated_motif
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (24, 40), (40, 24)])
@@ -93,14 +93,7 @@ def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
     assert all(p.dim() == 2 for p in m3_group["params"]) and adamw_group["algorithm"] == "adamw"
     adamw_ids = {id(p) for p in adamw_group["params"]}
     assert id(model.model.embed_tokens.weight) in adamw_ids and id(model.lm_head.weight) in adamw_ids
-    ids = random_ids(1, 8).repeat(2, 4)
-    losses = []
-    for _ in range(25):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_repeated_motif(model, optimizer, steps=25)
     assert losses[-1] < 0.7 * losses[0]
 
 

@@ -6,7 +6,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from hope_hf import HopeForCausalLM, HopeModel
 from hope_hf.modeling import ContinuumMemorySystem
 
-from helpers import CONFIGS, random_ids, tiny_config, tiny_model
+from helpers import CONFIGS, random_ids, tiny_config, tiny_model, train_on_repeated_motif
 
 
 def test_auto_classes_resolve_to_hope():
@@ -137,15 +137,7 @@ def test_cms_variants_compute_their_equations():
 @pytest.mark.parametrize("name", ["titans", "hybrid"])
 def test_training_reduces_loss_and_outputs_stay_finite(name):
     model = tiny_model(**CONFIGS[name]).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    pattern = random_ids(1, 8).repeat(2, 4)  # a repeated motif the memory can pick up
-    losses = []
-    for _ in range(30):
-        loss = model(pattern, labels=pattern).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_repeated_motif(model, torch.optim.AdamW(model.parameters(), lr=3e-3), steps=30)
     assert losses[-1] < 0.7 * losses[0]
     with torch.no_grad():
         logits = model.eval()(random_ids(1, 1500)).logits
