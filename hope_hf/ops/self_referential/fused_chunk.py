@@ -1,0 +1,420 @@
+"""Fused Triton kernels of the self-referential gated delta rule: one launch per layer.
+
+One program per (batch, head) walks the chunks of the sequence in order. For chunk n it
+    1. projects k, v, eta, alpha from the chunk's projection state P (Eq 90),
+    2. forms the self-generated targets W = v P + [v - k, v - k, v - k, 0] (Eq 93),
+    3. solves the intra-chunk delta rule with the UT transform (see chunk.py):
+           T = (I + A)^-1,  A_ts = eta_t (gamma_{t-1} / gamma_s) k_t.k_s  (s < t),
+           Delta = T diag(eta) (W - diag(gamma_{t-1}) K S_n),
+    4. writes o = q + read-out and the next chunk-boundary state
+           S_{n+1} = gamma_L S_n + (K * gamma_L / gamma)^T Delta.
+The state (d, 3d+2) is handled as four column blocks of width d: the key, value and memory
+maps, and a block whose first two columns are the eta and alpha maps (the rest masked off).
+Chunk-boundary states live in global memory (they are the output ``h``), so a program only
+holds one block at a time.
+
+The backward kernel walks the chunks in reverse, recomputes a chunk from its stored boundary
+state and carries dL/dS in global memory. Projections read P = S_n (self-referential, n > 0)
+or the initial chunk state (first chunk, or ``self_referential=False``), so dL/dP goes to dS_n
+or to the initial chunk state's gradient.
+
+Sequences are laid out so every chunk is full: the wrapper pads ``chunk_offset`` masked tokens
+in front and masked tokens at the end; masked tokens have eta = 0 and alpha = 1, so they leave
+the state untouched. The kernels need a CUDA device, or ``TRITON_INTERPRET=1`` (CPU tensors);
+they use no autotuning and nothing the interpreter lacks.
+"""
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .common import check_inputs, compute_dtype, state_width
+
+# F.normalize's eps: the kernels reproduce x / max(|x|, eps) exactly.
+NORM_EPS = tl.constexpr(1e-12)
+
+
+@triton.jit
+def _block_ptrs(base, j, D: tl.constexpr, V: tl.constexpr):
+    """Pointers and column mask of column block j (width D) of a (D, V) state at ``base``."""
+    rows = tl.arange(0, D)
+    cols = j * D + tl.arange(0, D)
+    return base + rows[:, None] * V + cols[None, :], (cols < V)[None, :]
+
+
+@triton.jit
+def _load_block(base, j, D: tl.constexpr, V: tl.constexpr):
+    ptrs, mask = _block_ptrs(base, j, D, V)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_block(base, j, value, D: tl.constexpr, V: tl.constexpr):
+    ptrs, mask = _block_ptrs(base, j, D, V)
+    tl.store(ptrs, value, mask=mask)
+
+
+@triton.jit
+def _add_to_block(base, j, value, D: tl.constexpr, V: tl.constexpr):
+    ptrs, mask = _block_ptrs(base, j, D, V)
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def _load_rows(base, D: tl.constexpr, L: tl.constexpr):
+    """An (L, D) tile of a row-major (T, D) tensor starting at ``base``."""
+    return tl.load(base + tl.arange(0, L)[:, None] * D + tl.arange(0, D)[None, :])
+
+
+@triton.jit
+def _store_rows(base, value, D: tl.constexpr, L: tl.constexpr):
+    tl.store(base + tl.arange(0, L)[:, None] * D + tl.arange(0, D)[None, :], value)
+
+
+@triton.jit
+def _column(x, c, D: tl.constexpr):
+    """Column c of an (L, D) tile, as an (L,) vector."""
+    return tl.sum(tl.where(tl.arange(0, D)[None, :] == c, x, 0.0), 1)
+
+
+@triton.jit
+def _last(x, L: tl.constexpr):
+    """x[L - 1] of an (L,) vector, as a scalar."""
+    return tl.sum(tl.where(tl.arange(0, L) == L - 1, x, 0.0), 0)
+
+
+@triton.jit
+def _project(U, P_base, keep, b_eta, b_alpha, eta_max, D: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
+    """Eq 90 for a chunk: l2-normalised k, v; eta, alpha (masked tokens: 0 and 1).
+    Also returns what the backward needs: the norms and sigmoid(eta logits)."""
+    k_raw = U + tl.dot(U, _load_block(P_base, 0, D, V), input_precision=PREC)
+    v_raw = U + tl.dot(U, _load_block(P_base, 1, D, V), input_precision=PREC)
+    scalars = tl.dot(U, _load_block(P_base, 3, D, V), input_precision=PREC)  # columns 0, 1: eta, alpha logits
+    k_norm = tl.maximum(tl.sqrt(tl.sum(k_raw * k_raw, 1)), NORM_EPS)
+    v_norm = tl.maximum(tl.sqrt(tl.sum(v_raw * v_raw, 1)), NORM_EPS)
+    sig_eta = tl.sigmoid(_column(scalars, 0, D) + b_eta)
+    eta = tl.where(keep, eta_max * sig_eta, 0.0)
+    alpha = tl.where(keep, tl.sigmoid(_column(scalars, 1, D) + b_alpha), 1.0)
+    return k_raw / k_norm[:, None], v_raw / v_norm[:, None], k_norm, v_norm, sig_eta, eta, alpha
+
+
+@triton.jit
+def _decay(log_to, log_from, mask):
+    """exp(log_to[t] - log_from[s]) where mask[t, s], else 0 (never evaluates exp out of mask)."""
+    diff = log_to[:, None] - log_from[None, :]
+    return tl.where(mask, tl.exp(tl.where(mask, diff, 0.0)), 0.0)
+
+
+@triton.jit
+def _ut_transform(k, eta, log_gamma, log_gamma_prev, L: tl.constexpr, PREC: tl.constexpr):
+    """A (strictly lower) and T = (I + A)^-1 by forward substitution, row by row."""
+    idx = tl.arange(0, L)
+    strict = idx[:, None] > idx[None, :]
+    A = eta[:, None] * _decay(log_gamma_prev, log_gamma, strict) * tl.dot(k, tl.trans(k), input_precision=PREC)
+    N = -A  # rows < i hold T - I, rows >= i still hold -A
+    for i in range(1, L):
+        row = tl.sum(tl.where(idx[:, None] == i, N, 0.0), 0)
+        row = row + tl.sum(row[:, None] * N, 0)
+        N = tl.where(idx[:, None] == i, row[None, :], N)
+    return A, N + tl.where(idx[:, None] == idx[None, :], 1.0, 0.0)
+
+
+@triton.jit
+def _targets(v, k, P_j, j: tl.constexpr, PREC: tl.constexpr):
+    """W_j = M_j(v) - [square ? k : 0] for column block j (Eq 93)."""
+    W = tl.dot(v, P_j, input_precision=PREC)
+    if j < 3:
+        W = W + v - k
+    return W
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, q_ptr, keep_ptr, b_eta_ptr, b_alpha_ptr, p0_ptr, h_ptr, o_ptr,
+    eta_max, num_chunks, H,
+    L: tl.constexpr, D: tl.constexpr, SELF_REF: tl.constexpr, PREC: tl.constexpr,
+):
+    V: tl.constexpr = 3 * D + 2
+    bh = tl.program_id(0)
+    T = num_chunks * L
+    b_eta = tl.load(b_eta_ptr + bh % H)
+    b_alpha = tl.load(b_alpha_ptr + bh % H)
+    idx = tl.arange(0, L)
+    inclusive = idx[:, None] >= idx[None, :]
+    p0_base = p0_ptr + bh * D * V
+    for n in range(num_chunks):
+        row0 = bh * T + n * L
+        h_base = h_ptr + (bh * (num_chunks + 1) + n) * D * V
+        P_base = p0_base
+        if SELF_REF:
+            if n > 0:
+                P_base = h_base
+        U = _load_rows(u_ptr + row0 * D, D, L)
+        Q = _load_rows(q_ptr + row0 * D, D, L)
+        keep = tl.load(keep_ptr + (bh // H) * T + n * L + idx) != 0
+        k, v, _, _, _, eta, alpha = _project(U, P_base, keep, b_eta, b_alpha, eta_max, D, V, PREC)
+        log_alpha = tl.log(alpha)
+        log_gamma = tl.cumsum(log_alpha, 0)
+        log_gamma_prev = log_gamma - log_alpha
+        log_gamma_end = _last(log_gamma, L)
+        _, Tm = _ut_transform(k, eta, log_gamma, log_gamma_prev, L, PREC)
+        k_to_end = k * tl.exp(log_gamma_end - log_gamma)[:, None]
+        for j in tl.static_range(4):
+            S_j = _load_block(h_base, j, D, V)
+            KS = tl.dot(k, S_j, input_precision=PREC)
+            R = eta[:, None] * (_targets(v, k, _load_block(P_base, j, D, V), j, PREC) - tl.exp(log_gamma_prev)[:, None] * KS)
+            Delta = tl.dot(Tm, R, input_precision=PREC)
+            S_next = tl.exp(log_gamma_end) * S_j + tl.dot(tl.trans(k_to_end), Delta, input_precision=PREC)
+            _store_block(h_base + D * V, j, S_next, D, V)
+            if j == 2:  # memory block: o_t = q_t + q_t^T S_t[:, mem]
+                QK = _decay(log_gamma, log_gamma, inclusive) * tl.dot(Q, tl.trans(k), input_precision=PREC)
+                read = tl.exp(log_gamma)[:, None] * tl.dot(Q, S_j, input_precision=PREC)
+                read += tl.dot(QK, Delta, input_precision=PREC)
+                _store_rows(o_ptr + row0 * D, Q + read, D, L)
+        tl.debug_barrier()  # S_{n+1} written by all threads before the next chunk reads it
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, q_ptr, keep_ptr, b_eta_ptr, b_alpha_ptr, p0_ptr, h_ptr, do_ptr, dh_ptr,
+    du_ptr, dq_ptr, dstate_ptr, dp0_ptr, db_eta_ptr, db_alpha_ptr,
+    eta_max, num_chunks, H,
+    L: tl.constexpr, D: tl.constexpr, SELF_REF: tl.constexpr, DETACH: tl.constexpr, PREC: tl.constexpr,
+):
+    V: tl.constexpr = 3 * D + 2
+    bh = tl.program_id(0)
+    T = num_chunks * L
+    b_eta = tl.load(b_eta_ptr + bh % H)
+    b_alpha = tl.load(b_alpha_ptr + bh % H)
+    idx = tl.arange(0, L)
+    strict = idx[:, None] > idx[None, :]
+    inclusive = idx[:, None] >= idx[None, :]
+    p0_base = p0_ptr + bh * D * V
+    dp0_base = dp0_ptr + bh * D * V
+    dS_base = dstate_ptr + bh * D * V  # dL/dS at the current chunk boundary
+    db_eta = tl.zeros([L], dtype=u_ptr.dtype.element_ty)
+    db_alpha = tl.zeros([L], dtype=u_ptr.dtype.element_ty)
+    for step in range(num_chunks):
+        n = num_chunks - 1 - step
+        row0 = bh * T + n * L
+        h_base = h_ptr + (bh * (num_chunks + 1) + n) * D * V
+        dh_next = dh_ptr + (bh * (num_chunks + 1) + n + 1) * D * V  # gradient of S_{n+1} as an output
+        proj_to_state = (n > 0) & SELF_REF
+        P_base, dP_base = p0_base, dp0_base
+        if proj_to_state:
+            P_base, dP_base = h_base, dS_base
+
+        # Recompute the chunk's forward quantities.
+        U = _load_rows(u_ptr + row0 * D, D, L)
+        Q = _load_rows(q_ptr + row0 * D, D, L)
+        dO = _load_rows(do_ptr + row0 * D, D, L)
+        keep = tl.load(keep_ptr + (bh // H) * T + n * L + idx) != 0
+        k, v, k_norm, v_norm, sig_eta, eta, alpha = _project(U, P_base, keep, b_eta, b_alpha, eta_max, D, V, PREC)
+        log_alpha = tl.log(alpha)
+        log_gamma = tl.cumsum(log_alpha, 0)
+        log_gamma_prev = log_gamma - log_alpha
+        log_gamma_end = _last(log_gamma, L)
+        gamma, gamma_prev, gamma_end = tl.exp(log_gamma), tl.exp(log_gamma_prev), tl.exp(log_gamma_end)
+        A, Tm = _ut_transform(k, eta, log_gamma, log_gamma_prev, L, PREC)
+        to_end = tl.exp(log_gamma_end - log_gamma)
+        k_to_end = k * to_end[:, None]
+
+        dk = tl.zeros([L, D], dtype=U.dtype)
+        dv = tl.zeros([L, D], dtype=U.dtype)
+        dq = dO  # o = q + read
+        dA = tl.zeros([L, L], dtype=U.dtype)
+        d_eta = tl.zeros([L], dtype=U.dtype)
+        d_log_gamma = tl.zeros([L], dtype=U.dtype)
+        d_log_gamma_prev = tl.zeros([L], dtype=U.dtype)
+        d_log_gamma_end = tl.sum(tl.zeros([L], dtype=U.dtype), 0)
+
+        # Pass 1, block by block: S_{n+1}, the read-out, Delta, R and W back to dS_n, dk, dv, dA.
+        for j in tl.static_range(4):
+            S_j = _load_block(h_base, j, D, V)
+            P_j = _load_block(P_base, j, D, V)
+            dS_next = _load_block(dS_base, j, D, V) + _load_block(dh_next, j, D, V)
+            KS = tl.dot(k, S_j, input_precision=PREC)
+            W = _targets(v, k, P_j, j, PREC)
+            residual = W - gamma_prev[:, None] * KS
+            R = eta[:, None] * residual
+            Delta = tl.dot(Tm, R, input_precision=PREC)
+
+            # S_{n+1} = gamma_end S_n + (K * to_end)^T Delta
+            dS = gamma_end * dS_next
+            d_log_gamma_end += gamma_end * tl.sum(tl.sum(dS_next * S_j, 1), 0)
+            dDelta = tl.dot(k_to_end, dS_next, input_precision=PREC)
+            d_k_to_end = tl.dot(Delta, tl.trans(dS_next), input_precision=PREC)
+            dk += d_k_to_end * to_end[:, None]
+            z = tl.sum(d_k_to_end * k_to_end, 1)
+            d_log_gamma -= z
+            d_log_gamma_end += tl.sum(z, 0)
+
+            if j == 2:  # read = gamma * (Q S_mem) + (decay * Q K^T) Delta_mem
+                QS = tl.dot(Q, S_j, input_precision=PREC)
+                dS += tl.dot(tl.trans(Q * gamma[:, None]), dO, input_precision=PREC)
+                dq += gamma[:, None] * tl.dot(dO, tl.trans(S_j), input_precision=PREC)
+                d_log_gamma += gamma * tl.sum(dO * QS, 1)
+                decay = _decay(log_gamma, log_gamma, inclusive)
+                QK = tl.dot(Q, tl.trans(k), input_precision=PREC)
+                dDelta += tl.dot(tl.trans(decay * QK), dO, input_precision=PREC)
+                d_mix = tl.dot(dO, tl.trans(Delta), input_precision=PREC)  # dL/d(decay * QK)
+                dq += tl.dot(d_mix * decay, k, input_precision=PREC)
+                dk += tl.dot(tl.trans(d_mix * decay), Q, input_precision=PREC)
+                z_mix = tl.where(inclusive, d_mix * decay * QK, 0.0)
+                d_log_gamma += tl.sum(z_mix, 1) - tl.sum(z_mix, 0)
+
+            # Delta = (I + A)^-1 R
+            dR = tl.dot(tl.trans(Tm), dDelta, input_precision=PREC)
+            dA -= tl.dot(dR, tl.trans(Delta), input_precision=PREC)
+            # R = eta (W - gamma_prev K S_n)
+            d_eta += tl.sum(dR * residual, 1)
+            d_log_gamma_prev -= gamma_prev * tl.sum(dR * eta[:, None] * KS, 1)
+            dR_scaled = (eta * gamma_prev)[:, None] * dR
+            dk -= tl.dot(dR_scaled, tl.trans(S_j), input_precision=PREC)
+            dS -= tl.dot(tl.trans(k), dR_scaled, input_precision=PREC)
+            # W = v P_j + [square ? v - k : 0]
+            dW = eta[:, None] * dR
+            if j < 3:
+                dk -= dW
+            if not DETACH:
+                dv += tl.dot(dW, tl.trans(P_j), input_precision=PREC)
+                if j < 3:
+                    dv += dW
+                dP_j = tl.dot(tl.trans(v), dW, input_precision=PREC)
+                if proj_to_state:
+                    dS += dP_j
+                else:
+                    _add_to_block(dp0_base, j, dP_j, D, V)
+            _store_block(dS_base, j, dS, D, V)
+
+        # A_ts = eta_t exp(log_gamma_prev_t - log_gamma_s) k_t.k_s, s < t
+        dA = tl.where(strict, dA, 0.0)
+        z_A = dA * A
+        d_eta += tl.sum(dA * _decay(log_gamma_prev, log_gamma, strict) * tl.dot(k, tl.trans(k), input_precision=PREC), 1)
+        d_log_gamma_prev += tl.sum(z_A, 1)
+        d_log_gamma -= tl.sum(z_A, 0)
+        dKK = dA * eta[:, None] * _decay(log_gamma_prev, log_gamma, strict)
+        dk += tl.dot(dKK, k, input_precision=PREC) + tl.dot(tl.trans(dKK), k, input_precision=PREC)
+
+        # log_gamma = cumsum(log_alpha), log_gamma_prev = log_gamma - log_alpha
+        d_log_gamma += tl.where(idx == L - 1, d_log_gamma_end, 0.0)
+        d_log_alpha = tl.cumsum(d_log_gamma + d_log_gamma_prev, 0, reverse=True) - d_log_gamma_prev
+        d_alpha_logit = tl.where(keep, d_log_alpha * (1.0 - alpha), 0.0)
+        d_eta_logit = tl.where(keep, d_eta * eta_max * sig_eta * (1.0 - sig_eta), 0.0)
+        db_eta += d_eta_logit
+        db_alpha += d_alpha_logit
+
+        # k = k_raw / |k_raw| (same for v), k_raw = u + u P_key, v_raw = u + u P_value
+        dk_raw = (dk - k * tl.sum(dk * k, 1)[:, None]) / k_norm[:, None]
+        dv_raw = (dv - v * tl.sum(dv * v, 1)[:, None]) / v_norm[:, None]
+        cols = tl.arange(0, D)
+        d_scalars = tl.where(cols[None, :] == 0, d_eta_logit[:, None], 0.0)
+        d_scalars += tl.where(cols[None, :] == 1, d_alpha_logit[:, None], 0.0)
+        dU = dk_raw + dv_raw
+        dU += tl.dot(dk_raw, tl.trans(_load_block(P_base, 0, D, V)), input_precision=PREC)
+        dU += tl.dot(dv_raw, tl.trans(_load_block(P_base, 1, D, V)), input_precision=PREC)
+        dU += tl.dot(d_scalars, tl.trans(_load_block(P_base, 3, D, V)), input_precision=PREC)
+        _store_rows(du_ptr + row0 * D, dU, D, L)
+        _store_rows(dq_ptr + row0 * D, dq, D, L)
+
+        tl.debug_barrier()  # pass 1 stores complete before the projection gradients are added
+        _add_to_block(dP_base, 0, tl.dot(tl.trans(U), dk_raw, input_precision=PREC), D, V)
+        _add_to_block(dP_base, 1, tl.dot(tl.trans(U), dv_raw, input_precision=PREC), D, V)
+        _add_to_block(dP_base, 3, tl.dot(tl.trans(U), d_scalars, input_precision=PREC), D, V)
+        tl.debug_barrier()
+    tl.store(db_eta_ptr + bh, tl.sum(db_eta, 0))
+    tl.store(db_alpha_ptr + bh, tl.sum(db_alpha, 0))
+
+
+class FusedChunkFunction(torch.autograd.Function):
+    """Inputs head-first and chunk-aligned: u, q (B, H, N*L, d); keep (B, N*L); states
+    (B, H, d, 3d+2). Returns o (B, H, N*L, d) and every chunk-boundary state h (B, H, N+1, d, 3d+2),
+    h[:, :, 0] = initial state, h[:, :, N] = final state."""
+
+    @staticmethod
+    def forward(ctx, u, q, keep, b_eta, b_alpha, initial_state, projection_state, chunk_size, eta_max,
+                self_referential, detach_values, dot_precision):
+        B, H, T, d = u.shape
+        num_chunks = T // chunk_size
+        h = u.new_empty(B, H, num_chunks + 1, d, state_width(d))
+        h[:, :, 0] = initial_state
+        o = torch.empty_like(u)
+        _fwd_kernel[(B * H,)](
+            u, q, keep, b_eta, b_alpha, projection_state, h, o, float(eta_max), num_chunks, H,
+            L=chunk_size, D=d, SELF_REF=self_referential, PREC=dot_precision,
+        )
+        ctx.save_for_backward(u, q, keep, b_eta, b_alpha, projection_state, h)
+        ctx.settings = (chunk_size, float(eta_max), self_referential, detach_values, dot_precision)
+        return o, h
+
+    @staticmethod
+    def backward(ctx, d_o, d_h):
+        u, q, keep, b_eta, b_alpha, projection_state, h = ctx.saved_tensors
+        chunk_size, eta_max, self_referential, detach_values, dot_precision = ctx.settings
+        B, H, T, d = u.shape
+        du, dq = torch.empty_like(u), torch.empty_like(q)
+        d_state = torch.zeros_like(projection_state)
+        d_projection = torch.zeros_like(projection_state)
+        db_eta, db_alpha = (u.new_empty(B * H) for _ in range(2))
+        _bwd_kernel[(B * H,)](
+            u, q, keep, b_eta, b_alpha, projection_state, h, d_o.contiguous(), d_h.contiguous(),
+            du, dq, d_state, d_projection, db_eta, db_alpha, eta_max, T // chunk_size, H,
+            L=chunk_size, D=d, SELF_REF=self_referential, DETACH=detach_values, PREC=dot_precision,
+        )
+        d_initial = d_state + d_h[:, :, 0]
+        db_eta, db_alpha = (x.view(B, H).sum(0) for x in (db_eta, db_alpha))
+        return du, dq, None, db_eta, db_alpha, d_initial, d_projection, None, None, None, None, None
+
+
+def fused_kernel_supports(head_dim: int, chunk_size: int) -> bool:
+    """Shapes the fused kernels take: power-of-two head dims 16..128 and chunk sizes 16..64."""
+    power_of_two = lambda n: n > 0 and n & (n - 1) == 0
+    return power_of_two(head_dim) and 16 <= head_dim <= 128 and power_of_two(chunk_size) and 16 <= chunk_size <= 64
+
+
+def fused_chunk_self_referential_gated_delta_rule(
+    u: torch.Tensor,
+    q: torch.Tensor,
+    b_eta: torch.Tensor,
+    b_alpha: torch.Tensor,
+    initial_state: torch.Tensor,
+    chunk_size: int,
+    eta_max: float = 1.0,
+    initial_chunk_state: torch.Tensor | None = None,
+    chunk_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    self_referential: bool = True,
+    detach_values: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
+    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
+    B, T, H, d = u.shape
+    if not fused_kernel_supports(d, chunk_size):
+        raise ValueError(
+            f"the fused kernel takes head_dim in (16, 32, 64, 128) and chunk_size in (16, 32, 64), "
+            f"got head_dim={d}, chunk_size={chunk_size}"
+        )
+    in_dtype, dtype = u.dtype, compute_dtype(u)
+    num_chunks = -(-(chunk_offset + T) // chunk_size)
+    pad = (chunk_offset, num_chunks * chunk_size - chunk_offset - T)  # masked tokens before / after
+    head_first = lambda x: F.pad(x.transpose(1, 2).to(dtype), (0, 0, *pad)).contiguous()  # (B, H, N*L, d)
+    keep = torch.ones(B, T, device=u.device) if attention_mask is None else attention_mask.to(torch.float32)
+    keep = F.pad(keep, pad).contiguous()
+    state = initial_state.to(dtype).contiguous()
+    projection_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype).contiguous()
+
+    o, h = FusedChunkFunction.apply(
+        head_first(u), head_first(q), keep, b_eta.to(dtype).contiguous(), b_alpha.to(dtype).contiguous(),
+        state, projection_state, chunk_size, eta_max, self_referential, detach_values,
+        "tf32" if in_dtype in (torch.bfloat16, torch.float16) else "ieee",  # fp32 tests need exact dots
+    )
+    o = o[:, :, chunk_offset : chunk_offset + T].transpose(1, 2).to(in_dtype)
+    final_state = h[:, :, -1]
+    if not self_referential:
+        chunk_state = projection_state
+    elif (chunk_offset + T) % chunk_size == 0:
+        chunk_state = final_state
+    else:  # the last chunk is partial: the next token still projects from its start state
+        chunk_state = h[:, :, -2] if num_chunks > 1 else projection_state
+    return o, final_state, chunk_state
