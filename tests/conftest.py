@@ -8,6 +8,9 @@ import zlib
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # run the project's Triton kernels in the interpreter (read at import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 SESSION_SEED = int(os.environ.get("HOPE_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
 

@@ -12,6 +12,14 @@ __all__ = [
 ]
 
 
+def _cuda_kernel(head_dim: int, chunk_size: int, self_referential: bool):
+    from .fused_chunk import fused_chunk_self_referential_gated_delta_rule, fused_kernel_supports  # imports triton
+
+    if self_referential and fused_kernel_supports(head_dim, chunk_size):
+        return fused_chunk_self_referential_gated_delta_rule
+    return fla_self_referential_gated_delta_rule
+
+
 def self_referential_gated_delta_rule(
     u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
     chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False,
@@ -35,9 +43,12 @@ def self_referential_gated_delta_rule(
         o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state
         for the next token, both (B, H, d, 3d+2) in fp32 (or fp64).
 
-    The path follows the tensors' device: fla's Triton kernels on CUDA, chunked torch elsewhere.
+    The path follows the tensors' device. On CUDA: the fused Triton kernels of ``fused_chunk.py``
+    when the shapes fit them (self-referential, head_dim 16-128 and chunk_size 16-64, powers of
+    two), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
+    with ``self_referential=False``). Elsewhere: chunked torch.
     """
-    kernel = fla_self_referential_gated_delta_rule if u.is_cuda else chunk_self_referential_gated_delta_rule
+    kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
     return kernel(
         u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
         chunk_offset, attention_mask, self_referential, detach_values,

@@ -24,6 +24,8 @@ the state untouched. The kernels need a CUDA device, or ``TRITON_INTERPRET=1`` (
 they use no autotuning and nothing the interpreter lacks.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -33,6 +35,14 @@ from .common import check_inputs, compute_dtype, state_width
 
 # F.normalize's eps: the kernels reproduce x / max(|x|, eps) exactly.
 NORM_EPS = tl.constexpr(1e-12)
+# Tests set this to fill every buffer the kernels write with NaN first: a read of memory the
+# kernels did not write then shows up in the results.
+POISON_OUTPUTS = False
+
+
+def _output_like(x: torch.Tensor, *shape: int) -> torch.Tensor:
+    out = x.new_empty(shape or x.shape)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
 @triton.jit
@@ -337,9 +347,9 @@ class FusedChunkFunction(torch.autograd.Function):
                 self_referential, detach_values, dot_precision):
         B, H, T, d = u.shape
         num_chunks = T // chunk_size
-        h = u.new_empty(B, H, num_chunks + 1, d, state_width(d))
+        h = _output_like(u, B, H, num_chunks + 1, d, state_width(d))
         h[:, :, 0] = initial_state
-        o = torch.empty_like(u)
+        o = _output_like(u)
         _fwd_kernel[(B * H,)](
             u, q, keep, b_eta, b_alpha, projection_state, h, o, float(eta_max), num_chunks, H,
             L=chunk_size, D=d, SELF_REF=self_referential, PREC=dot_precision,
@@ -353,10 +363,10 @@ class FusedChunkFunction(torch.autograd.Function):
         u, q, keep, b_eta, b_alpha, projection_state, h = ctx.saved_tensors
         chunk_size, eta_max, self_referential, detach_values, dot_precision = ctx.settings
         B, H, T, d = u.shape
-        du, dq = torch.empty_like(u), torch.empty_like(q)
+        du, dq = _output_like(u), _output_like(q)
         d_state = torch.zeros_like(projection_state)
         d_projection = torch.zeros_like(projection_state)
-        db_eta, db_alpha = (u.new_empty(B * H) for _ in range(2))
+        db_eta, db_alpha = _output_like(u, B * H), _output_like(u, B * H)
         _bwd_kernel[(B * H,)](
             u, q, keep, b_eta, b_alpha, projection_state, h, d_o.contiguous(), d_h.contiguous(),
             du, dq, d_state, d_projection, db_eta, db_alpha, eta_max, T // chunk_size, H,
@@ -390,6 +400,8 @@ def fused_chunk_self_referential_gated_delta_rule(
     """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
     check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
     B, T, H, d = u.shape
+    if not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise RuntimeError("the fused Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before import)")
     if not fused_kernel_supports(d, chunk_size):
         raise ValueError(
             f"the fused kernel takes head_dim in (16, 32, 64, 128) and chunk_size in (16, 32, 64), "

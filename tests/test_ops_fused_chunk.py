@@ -1,0 +1,136 @@
+"""The fused Triton kernels held to the token-by-token reference.
+
+Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1 before
+anything imports them), at small shapes. With a GPU the same checks run at realistic shapes.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+
+from hope_hf.ops import naive_self_referential_gated_delta_rule, self_referential_gated_delta_rule, state_width
+from hope_hf.ops.self_referential import _cuda_kernel, fla_self_referential_gated_delta_rule, fused_chunk
+from hope_hf.ops.self_referential.fused_chunk import fused_chunk_self_referential_gated_delta_rule as fused
+
+CUDA = torch.cuda.is_available()
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+needs_kernels = pytest.mark.skipif(not (CUDA or INTERPRETED), reason="needs a GPU or TRITON_INTERPRET=1")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a GPU")
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer the kernels write starts as NaN: reading one they did not write shows."""
+    monkeypatch.setattr(fused_chunk, "POISON_OUTPUTS", True)
+
+
+def make_inputs(B, T, H, d, dtype, with_chunk_state=False):
+    """u, q, b_eta, b_alpha, initial_state (and a different initial chunk state), leaf tensors."""
+    make = lambda *shape, scale=1.0: (scale * torch.randn(*shape, dtype=torch.float64)).to(DEVICE)
+    u = F.normalize(make(B, T, H, d), dim=-1)
+    q = F.normalize(make(B, T, H, d), dim=-1)
+    tensors = [u, q, make(H), make(H) + 2.0, make(B, H, d, state_width(d), scale=0.2)]
+    if with_chunk_state:
+        tensors.append(make(B, H, d, state_width(d), scale=0.2))
+    return [x.to(dtype).requires_grad_() for x in tensors]
+
+
+def padding_mask(B, T):
+    mask = torch.ones(B, T, dtype=torch.long, device=DEVICE)
+    mask[0, T - T // 3 :] = 0  # right padding
+    mask[-1, : T // 4] = 0  # left padding
+    return mask
+
+
+def outputs_and_grads(fn, inputs, **kwargs):
+    """The op's three outputs and the gradients of a random projection of all of them."""
+    outputs = fn(*inputs[:5], **kwargs)
+    generator = torch.Generator(device=DEVICE).manual_seed(1234)
+    weights = [torch.randn(x.shape, generator=generator, device=DEVICE, dtype=torch.float64).to(x.dtype) for x in outputs]
+    loss = sum((x * w).sum() for x, w in zip(outputs, weights))
+    return [*outputs, *torch.autograd.grad(loss, inputs)]
+
+
+NAMES = ["o", "final_state", "chunk_state", "grad u", "grad q", "grad b_eta", "grad b_alpha", "grad initial_state",
+         "grad initial_chunk_state"]
+
+
+def ratio_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """RMS of the difference over RMS of the reference (fla's test metric)."""
+    x, reference = x.double(), reference.double()
+    return ((x - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def assert_matches(fn, reference_fn, inputs, max_ratio_error, **kwargs):
+    got = outputs_and_grads(fn, inputs, **kwargs)
+    want = outputs_and_grads(reference_fn, inputs, **kwargs)
+    for name, x, reference in zip(NAMES, got, want):
+        assert not x.isnan().any(), f"{name}: NaN (a read of memory the kernel never wrote?)"
+        assert ratio_error(x, reference) < max_ratio_error, f"{name}: ratio error {ratio_error(x, reference):.2e}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("self_referential", [True, False])
+@pytest.mark.parametrize("detach_values", [False, True])
+def test_matches_reference_fp64(self_referential, detach_values):
+    """Padding (left and right), an initial chunk state and a chunk offset, T not a multiple of C."""
+    inputs = make_inputs(B=2, T=37, H=2, d=16, dtype=torch.float64, with_chunk_state=True)
+    kwargs = dict(chunk_size=16, eta_max=0.9, initial_chunk_state=inputs[5], chunk_offset=5,
+                  attention_mask=padding_mask(2, 37), self_referential=self_referential, detach_values=detach_values)
+    assert_matches(fused, naive_self_referential_gated_delta_rule, inputs, 1e-10, **kwargs)
+
+
+@needs_kernels
+@pytest.mark.parametrize("T, chunk_size, chunk_offset", [(1, 16, 0), (1, 16, 15), (16, 16, 0), (50, 32, 0), (45, 16, 3)])
+def test_matches_reference_fp32(T, chunk_size, chunk_offset):
+    """The issue's tolerance: ratio error below 1e-3 for outputs and every gradient, in fp32."""
+    inputs = make_inputs(B=1, T=T, H=2, d=32, dtype=torch.float32)
+    kwargs = dict(chunk_size=chunk_size, chunk_offset=chunk_offset)
+    assert_matches(fused, naive_self_referential_gated_delta_rule, inputs, 1e-3, **kwargs)
+
+
+@needs_kernels
+def test_split_sequence_continues_exactly():
+    """Feeding the returned states back in continues the sequence as if it were one call."""
+    u, q, b_eta, b_alpha, state = (x.detach() for x in make_inputs(B=1, T=40, H=1, d=16, dtype=torch.float64))
+    whole, whole_state, _ = fused(u, q, b_eta, b_alpha, state, 16)
+    first, mid_state, mid_chunk_state = fused(u[:, :21], q[:, :21], b_eta, b_alpha, state, 16)
+    second, end_state, _ = fused(u[:, 21:], q[:, 21:], b_eta, b_alpha, mid_state, 16,
+                                 initial_chunk_state=mid_chunk_state, chunk_offset=21 % 16)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(end_state, whole_state, rtol=0, atol=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("head_dim, chunk_size, message", [(24, 16, "head_dim"), (16, 8, "chunk_size"), (256, 16, "head_dim")])
+def test_unsupported_shapes_are_refused(head_dim, chunk_size, message):
+    u, q, b_eta, b_alpha, state = make_inputs(B=1, T=4, H=1, d=head_dim, dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        fused(u, q, b_eta, b_alpha, state, chunk_size)
+
+
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_cuda_matches_chunked_reference_at_realistic_shapes(head_dim):
+    inputs = make_inputs(B=2, T=1000, H=4, d=head_dim, dtype=torch.float32)
+    kwargs = dict(chunk_size=64, attention_mask=padding_mask(2, 1000))
+    reference = lambda *a, **k: naive_self_referential_gated_delta_rule(*(x.double() for x in a), **k)
+    assert_matches(fused, reference, inputs, 1e-3, **kwargs)
+
+
+@needs_cuda
+def test_cuda_bf16_within_one_percent():
+    inputs = make_inputs(B=2, T=512, H=4, d=64, dtype=torch.bfloat16)
+    reference = lambda *a, **k: naive_self_referential_gated_delta_rule(*(x.double() for x in a), **k)
+    assert_matches(fused, reference, inputs, 1e-2, chunk_size=64)
+
+
+def test_cuda_dispatch_picks_the_fused_kernel_where_it_fits():
+    assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=True) is fused
+    assert _cuda_kernel(head_dim=64, chunk_size=8, self_referential=True) is fla_self_referential_gated_delta_rule
+    assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=False) is fla_self_referential_gated_delta_rule
