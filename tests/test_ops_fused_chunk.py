@@ -134,3 +134,22 @@ def test_cuda_dispatch_picks_the_fused_kernel_where_it_fits():
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=True) is fused
     assert _cuda_kernel(head_dim=64, chunk_size=8, self_referential=True) is fla_self_referential_gated_delta_rule
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=False) is fla_self_referential_gated_delta_rule
+
+
+@needs_kernels
+def test_kernel_benchmark_runs(tmp_path):
+    """evaluation/benchmarks/kernels.py is left ready for a GPU: its --smoke mode runs every side."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "evaluation" / "benchmarks" / "kernels.py"
+    cmd = [sys.executable, str(script), "--smoke", "--results-dir", str(tmp_path)]
+    if CUDA:
+        cmd = [sys.executable, str(script), "--seq-lens", "256", "--head-dims", "32", "--heads", "2", "--repeats", "1",
+               "--results-dir", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(next(tmp_path.glob("kernels*.json")).read_text())["results"][0]
+    assert set(result["methods"]) == {"fused", "fla_chunks", "fla_static", "sdpa"}
+    assert all(row["fwd_bwd_ms"] > 0 for row in result["methods"].values())

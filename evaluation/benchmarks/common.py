@@ -35,8 +35,8 @@ def time_interleaved(fns: dict, repeats: int, warmup: int = 1, desc: str = "timi
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t} for name, t in times.items()}
 
 
-def write_results(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, payload: dict, results_dir: Path = RESULTS) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": {
             "platform": platform.platform(),
@@ -49,7 +49,7 @@ def write_results(name: str, payload: dict) -> Path:
         },
         **payload,
     }
-    path = RESULTS / f"{name}.json"
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path

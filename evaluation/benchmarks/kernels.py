@@ -1,0 +1,173 @@
+"""GPU kernels of the titans memory: the fused self-referential kernel against its baselines.
+
+For each sequence length and head dim, times the forward and the forward + backward of
+    fused        hope_hf's fused Triton kernels (fused_chunk.py), self-referential
+    fla_chunks   the per-chunk fla loop (fla_bridge.py), self-referential: what it replaces
+    fla_static   fla's chunk_gated_delta_rule over the whole sequence (self_referential=False):
+                 the floor the fused kernel aims for
+    sdpa         torch's scaled_dot_product_attention, causal, same B, H, T, d
+all in bf16, in one process, interleaved (common.py), and reports milliseconds, ratios to the
+fused kernel and achieved TFLOP/s (FLOPs of each method's own algorithm, counted below; a
+TFLOP/s figure is only comparable between methods doing the same math).
+
+    python evaluation/benchmarks/kernels.py                  # a GPU: T in 2K/8K/32K, H=16, d in 64/128
+    python evaluation/benchmarks/kernels.py --seq-lens 2048 --head-dims 64 --repeats 5
+    TRITON_INTERPRET=1 python evaluation/benchmarks/kernels.py --smoke   # CPU: tiny shapes, checks the script
+
+Writes evaluation/results/kernels.json and kernels.png (--smoke: kernels_smoke.json, no plot,
+into --results-dir).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, write_results  # noqa: E402
+
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, fla_self_referential_gated_delta_rule, state_width  # noqa: E402
+from hope_hf.ops.self_referential.fused_chunk import fused_chunk_self_referential_gated_delta_rule  # noqa: E402
+
+
+def make_inputs(B, T, H, d, dtype, device):
+    u = F.normalize(torch.randn(B, T, H, d, device=device), dim=-1).to(dtype)
+    q = F.normalize(torch.randn(B, T, H, d, device=device), dim=-1).to(dtype)
+    b_eta = torch.zeros(H, device=device)
+    b_alpha = torch.full((H,), 3.0, device=device)
+    state = 0.02 * torch.randn(B, H, d, state_width(d), device=device)
+    return [x.requires_grad_() for x in (u, q, b_eta, b_alpha, state)]
+
+
+def memory_flops(B, T, H, d, chunk):
+    """Forward FLOPs of the self-referential rule as the fused kernel computes it. Multiply-adds
+    per chunk of L tokens: 16 L d^2 (projections 3; targets, K S and the state update for each of
+    the four column blocks, 12; the read-out's Q S, 1) and 7 L^2 d (K K^T; T R for four blocks;
+    the read-out's Q K^T and its product with Delta), plus the triangular solve (L^3 / 3)."""
+    L = chunk
+    per_chunk = 2 * (16 * L * d * d + 7 * L * L * d) + L**3 / 3
+    return B * H * (T // L) * per_chunk
+
+
+def sdpa_flops(B, T, H, d):
+    return 2 * 2 * B * H * d * T * T / 2  # QK^T and PV, causal half
+
+
+def methods(chunk):
+    memory = {
+        "fused": fused_chunk_self_referential_gated_delta_rule,
+        "fla_chunks": fla_self_referential_gated_delta_rule,
+        "fla_static": lambda *a, **k: fla_self_referential_gated_delta_rule(*a, self_referential=False, **k),
+    }
+    run = {name: (lambda fn: lambda x: fn(*x, chunk_size=chunk)[0])(fn) for name, fn in memory.items()}
+    run["sdpa"] = lambda x: F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (x[1], x[0], x[0])), is_causal=True)
+    return run
+
+
+def smoke_methods(chunk):
+    """CPU under the Triton interpreter: fla's kernels do not run there, the chunked torch path does."""
+    run = methods(chunk)
+    run["fla_chunks"] = lambda x: chunk_self_referential_gated_delta_rule(*x, chunk_size=chunk)[0]
+    run["fla_static"] = lambda x: chunk_self_referential_gated_delta_rule(*x, chunk_size=chunk, self_referential=False)[0]
+    return run
+
+
+def timer(device):
+    if device == "cuda":
+        import triton.testing
+
+        return lambda fn, repeats: triton.testing.do_bench(fn, rep=repeats * 20, return_mode="median")
+    import time
+
+    def cpu_time(fn, repeats):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return 1e3 * (time.perf_counter() - start) / repeats
+
+    return cpu_time
+
+
+def benchmark(run, B, T, H, d, chunk, dtype, device, repeats):
+    inputs = make_inputs(B, T, H, d, dtype, device)
+    time_ms = timer(device)
+    rows = {}
+    for name, fn in run.items():
+        def forward():
+            with torch.no_grad():
+                fn(inputs)
+
+        def forward_backward():
+            fn(inputs).float().sum().backward()
+
+        rows[name] = {"fwd_ms": time_ms(forward, repeats), "fwd_bwd_ms": time_ms(forward_backward, repeats)}
+    for name, row in rows.items():
+        flops = sdpa_flops(B, T, H, d) if name == "sdpa" else memory_flops(B, T, H, d, chunk)
+        row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+        row["fwd_bwd_tflops"] = 3 * flops / row["fwd_bwd_ms"] / 1e9  # backward counted as 2x forward
+        row["fwd_bwd_vs_fused"] = row["fwd_bwd_ms"] / rows["fused"]["fwd_bwd_ms"]
+    return rows
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head_dims = sorted({r["d"] for r in results})
+    fig, axes = plt.subplots(1, len(head_dims), figsize=(6 * len(head_dims), 4), squeeze=False)
+    for ax, d in zip(axes[0], head_dims):
+        rows = [r for r in results if r["d"] == d]
+        for name in rows[0]["methods"]:
+            ax.plot([r["T"] for r in rows], [r["methods"][name]["fwd_bwd_ms"] for r in rows], marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="fwd+bwd ms", title=f"H=16, d={d}, bf16")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (TRITON_INTERPRET=1), fp32")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    if args.smoke:
+        device, dtype, run = "cpu", torch.float32, smoke_methods(16)
+        shapes = [(32, 16)]
+        args.heads, args.chunk_size, args.repeats = 2, 16, 1
+    elif torch.cuda.is_available():
+        device, dtype, run = "cuda", torch.bfloat16, methods(args.chunk_size)
+        shapes = [(T, d) for d in args.head_dims for T in args.seq_lens]
+    else:
+        sys.exit("kernels.py times GPU kernels: run it on a CUDA machine, or with --smoke under TRITON_INTERPRET=1")
+
+    results = []
+    for T, d in shapes:
+        rows = benchmark(run, args.batch_size, T, args.heads, d, args.chunk_size, dtype, device, args.repeats)
+        results.append({"T": T, "d": d, "methods": rows})
+        summary = ", ".join(f"{name} {row['fwd_bwd_ms']:.2f} ms ({row['fwd_bwd_vs_fused']:.2f}x)" for name, row in rows.items())
+        print(f"T={T} d={d}: fwd+bwd {summary}")
+    name = "kernels_smoke" if args.smoke else "kernels"
+    write_results(name, {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+        "dtype": str(dtype), "batch_size": args.batch_size, "heads": args.heads, "chunk_size": args.chunk_size,
+        "results": results,
+    }, args.results_dir)
+    if not args.smoke:
+        plot(results, args.results_dir / f"{name}.png")
+
+
+if __name__ == "__main__":
+    main()
