@@ -8,10 +8,11 @@ One program per (batch, head) walks the chunks of the sequence in order. For chu
            Delta = T diag(eta) (W - diag(gamma_{t-1}) K S_n),
     4. writes o = q + read-out and the next chunk-boundary state
            S_{n+1} = gamma_L S_n + (K * gamma_L / gamma)^T Delta.
-The state (d, 3d+2) is handled as four column blocks of width d: the key, value and memory
-maps, and a block whose first two columns are the eta and alpha maps (the rest masked off).
-Chunk-boundary states live in global memory (they are the output ``h``), so a program only
-holds one block at a time.
+The state (d, 3d+2) is handled in column tiles of width BV <= d: tiles of the key, value and
+memory maps, then one tile whose first two columns are the eta and alpha maps (the rest masked
+off). Inside a square map, the identity part of Eq 93's targets, (v - k) restricted to a tile's
+columns, is (v - k) E with E a 0/1 selection matrix. Chunk-boundary states live in global
+memory (they are the output ``h``), so a program holds one (d, BV) tile of them at a time.
 
 The backward kernel walks the chunks in reverse, recomputes a chunk from its stored boundary
 state and carries dL/dS in global memory. Projections read P = S_n (self-referential, n > 0)
@@ -35,6 +36,9 @@ from .common import check_inputs, compute_dtype, state_width
 
 # F.normalize's eps: the kernels reproduce x / max(|x|, eps) exactly.
 NORM_EPS = tl.constexpr(1e-12)
+# Columns of the state a program holds at once, as (d, width) tiles: narrow tiles keep d = 128
+# within a GPU's shared memory. Tests narrow it to exercise the tiling at small d.
+MAX_TILE_WIDTH = 32
 # Tests set this to fill every buffer the kernels write with NaN first: a read of memory the
 # kernels did not write then shows up in the results.
 POISON_OUTPUTS = False
@@ -46,46 +50,42 @@ def _output_like(x: torch.Tensor, *shape: int) -> torch.Tensor:
 
 
 @triton.jit
-def _block_ptrs(base, j, D: tl.constexpr, V: tl.constexpr):
-    """Pointers and column mask of column block j (width D) of a (D, V) state at ``base``."""
-    rows = tl.arange(0, D)
-    cols = j * D + tl.arange(0, D)
-    return base + rows[:, None] * V + cols[None, :], (cols < V)[None, :]
+def _tile_ptrs(base, row0, col0, R: tl.constexpr, C: tl.constexpr, width: tl.constexpr):
+    """Pointers and column mask of the (R, C) tile at (row0, col0) of a row-major matrix with
+    ``width`` columns."""
+    rows = row0 + tl.arange(0, R)
+    cols = col0 + tl.arange(0, C)
+    return base + rows[:, None] * width + cols[None, :], (cols < width)[None, :]
 
 
 @triton.jit
-def _load_block(base, j, D: tl.constexpr, V: tl.constexpr):
-    ptrs, mask = _block_ptrs(base, j, D, V)
+def _load(base, row0, col0, R: tl.constexpr, C: tl.constexpr, width: tl.constexpr):
+    ptrs, mask = _tile_ptrs(base, row0, col0, R, C, width)
     return tl.load(ptrs, mask=mask, other=0.0)
 
 
 @triton.jit
-def _store_block(base, j, value, D: tl.constexpr, V: tl.constexpr):
-    ptrs, mask = _block_ptrs(base, j, D, V)
+def _store(base, row0, col0, value, R: tl.constexpr, C: tl.constexpr, width: tl.constexpr):
+    ptrs, mask = _tile_ptrs(base, row0, col0, R, C, width)
     tl.store(ptrs, value, mask=mask)
 
 
 @triton.jit
-def _add_to_block(base, j, value, D: tl.constexpr, V: tl.constexpr):
-    ptrs, mask = _block_ptrs(base, j, D, V)
+def _add(base, row0, col0, value, R: tl.constexpr, C: tl.constexpr, width: tl.constexpr):
+    ptrs, mask = _tile_ptrs(base, row0, col0, R, C, width)
     tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
 
 
 @triton.jit
-def _load_rows(base, D: tl.constexpr, L: tl.constexpr):
-    """An (L, D) tile of a row-major (T, D) tensor starting at ``base``."""
-    return tl.load(base + tl.arange(0, L)[:, None] * D + tl.arange(0, D)[None, :])
+def _selection(first, D: tl.constexpr, BV: tl.constexpr, dtype: tl.constexpr):
+    """(D, BV) matrix E with E[i, j] = (i == first + j): x @ E is x[:, first:first + BV]."""
+    return (tl.arange(0, D)[:, None] == first + tl.arange(0, BV)[None, :]).to(dtype)
 
 
 @triton.jit
-def _store_rows(base, value, D: tl.constexpr, L: tl.constexpr):
-    tl.store(base + tl.arange(0, L)[:, None] * D + tl.arange(0, D)[None, :], value)
-
-
-@triton.jit
-def _column(x, c, D: tl.constexpr):
-    """Column c of an (L, D) tile, as an (L,) vector."""
-    return tl.sum(tl.where(tl.arange(0, D)[None, :] == c, x, 0.0), 1)
+def _column(x, c, W: tl.constexpr):
+    """Column c of an (L, W) tile, as an (L,) vector."""
+    return tl.sum(tl.where(tl.arange(0, W)[None, :] == c, x, 0.0), 1)
 
 
 @triton.jit
@@ -95,17 +95,24 @@ def _last(x, L: tl.constexpr):
 
 
 @triton.jit
-def _project(U, P_base, keep, b_eta, b_alpha, eta_max, D: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
-    """Eq 90 for a chunk: l2-normalised k, v; eta, alpha (masked tokens: 0 and 1).
-    Also returns what the backward needs: the norms and sigmoid(eta logits)."""
-    k_raw = U + tl.dot(U, _load_block(P_base, 0, D, V), input_precision=PREC)
-    v_raw = U + tl.dot(U, _load_block(P_base, 1, D, V), input_precision=PREC)
-    scalars = tl.dot(U, _load_block(P_base, 3, D, V), input_precision=PREC)  # columns 0, 1: eta, alpha logits
+def _project(u_rows, P_base, keep, b_eta, b_alpha, eta_max,
+             L: tl.constexpr, D: tl.constexpr, BV: tl.constexpr, V: tl.constexpr, PREC: tl.constexpr):
+    """Eq 90 for a chunk: l2-normalised k, v; eta, alpha (masked tokens: 0 and 1). u P is summed
+    over row tiles of P, so P is only ever read (BV, D) at a time. Also returns what the backward
+    needs: the norms and sigmoid(eta logits)."""
+    k_raw = _load(u_rows, 0, 0, L, D, D)
+    v_raw = k_raw
+    scalars = tl.zeros([L, BV], dtype=k_raw.dtype)  # columns 0, 1: eta and alpha logits
+    for r in tl.static_range(D // BV):
+        U_r = _load(u_rows, 0, r * BV, L, BV, D)
+        k_raw += tl.dot(U_r, _load(P_base, r * BV, 0, BV, D, V), input_precision=PREC)
+        v_raw += tl.dot(U_r, _load(P_base, r * BV, D, BV, D, V), input_precision=PREC)
+        scalars += tl.dot(U_r, _load(P_base, r * BV, 3 * D, BV, BV, V), input_precision=PREC)
     k_norm = tl.maximum(tl.sqrt(tl.sum(k_raw * k_raw, 1)), NORM_EPS)
     v_norm = tl.maximum(tl.sqrt(tl.sum(v_raw * v_raw, 1)), NORM_EPS)
-    sig_eta = tl.sigmoid(_column(scalars, 0, D) + b_eta)
+    sig_eta = tl.sigmoid(_column(scalars, 0, BV) + b_eta)
     eta = tl.where(keep, eta_max * sig_eta, 0.0)
-    alpha = tl.where(keep, tl.sigmoid(_column(scalars, 1, D) + b_alpha), 1.0)
+    alpha = tl.where(keep, tl.sigmoid(_column(scalars, 1, BV) + b_alpha), 1.0)
     return k_raw / k_norm[:, None], v_raw / v_norm[:, None], k_norm, v_norm, sig_eta, eta, alpha
 
 
@@ -131,11 +138,12 @@ def _ut_transform(k, eta, log_gamma, log_gamma_prev, L: tl.constexpr, PREC: tl.c
 
 
 @triton.jit
-def _targets(v, k, P_j, j: tl.constexpr, PREC: tl.constexpr):
-    """W_j = M_j(v) - [square ? k : 0] for column block j (Eq 93)."""
-    W = tl.dot(v, P_j, input_precision=PREC)
-    if j < 3:
-        W = W + v - k
+def _targets(v, k, P_c, c: tl.constexpr, D: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Column tile c of the targets W = M(v) - [square ? k : 0] (Eq 93): v P_c, plus (v - k)
+    restricted to the tile's columns when the tile lies in a square memory."""
+    W = tl.dot(v, P_c, input_precision=PREC)
+    if c * BV < 3 * D:
+        W += tl.dot(v - k, _selection((c * BV) % D, D, BV, v.dtype), input_precision=PREC)
     return W
 
 
@@ -143,9 +151,10 @@ def _targets(v, k, P_j, j: tl.constexpr, PREC: tl.constexpr):
 def _fwd_kernel(
     u_ptr, q_ptr, keep_ptr, b_eta_ptr, b_alpha_ptr, p0_ptr, h_ptr, o_ptr,
     eta_max, num_chunks, H,
-    L: tl.constexpr, D: tl.constexpr, SELF_REF: tl.constexpr, PREC: tl.constexpr,
+    L: tl.constexpr, D: tl.constexpr, BV: tl.constexpr, SELF_REF: tl.constexpr, PREC: tl.constexpr,
 ):
     V: tl.constexpr = 3 * D + 2
+    NUM_TILES: tl.constexpr = (V + BV - 1) // BV  # column tiles of the state; the last holds eta, alpha
     bh = tl.program_id(0)
     T = num_chunks * L
     b_eta = tl.load(b_eta_ptr + bh % H)
@@ -154,34 +163,36 @@ def _fwd_kernel(
     inclusive = idx[:, None] >= idx[None, :]
     p0_base = p0_ptr + bh * D * V
     for n in range(num_chunks):
-        row0 = bh * T + n * L
+        u_rows = u_ptr + (bh * T + n * L) * D
+        q_rows = q_ptr + (bh * T + n * L) * D
+        o_rows = o_ptr + (bh * T + n * L) * D
         h_base = h_ptr + (bh * (num_chunks + 1) + n) * D * V
         P_base = p0_base
         if SELF_REF:
             if n > 0:
                 P_base = h_base
-        U = _load_rows(u_ptr + row0 * D, D, L)
-        Q = _load_rows(q_ptr + row0 * D, D, L)
         keep = tl.load(keep_ptr + (bh // H) * T + n * L + idx) != 0
-        k, v, _, _, _, eta, alpha = _project(U, P_base, keep, b_eta, b_alpha, eta_max, D, V, PREC)
+        k, v, _, _, _, eta, alpha = _project(u_rows, P_base, keep, b_eta, b_alpha, eta_max, L, D, BV, V, PREC)
         log_alpha = tl.log(alpha)
         log_gamma = tl.cumsum(log_alpha, 0)
         log_gamma_prev = log_gamma - log_alpha
         log_gamma_end = _last(log_gamma, L)
         _, Tm = _ut_transform(k, eta, log_gamma, log_gamma_prev, L, PREC)
         k_to_end = k * tl.exp(log_gamma_end - log_gamma)[:, None]
-        for j in tl.static_range(4):
-            S_j = _load_block(h_base, j, D, V)
-            KS = tl.dot(k, S_j, input_precision=PREC)
-            R = eta[:, None] * (_targets(v, k, _load_block(P_base, j, D, V), j, PREC) - tl.exp(log_gamma_prev)[:, None] * KS)
+        Q = _load(q_rows, 0, 0, L, D, D)
+        QK = _decay(log_gamma, log_gamma, inclusive) * tl.dot(Q, tl.trans(k), input_precision=PREC)
+        for c in tl.static_range(NUM_TILES):
+            S_c = _load(h_base, 0, c * BV, D, BV, V)
+            KS = tl.dot(k, S_c, input_precision=PREC)
+            W = _targets(v, k, _load(P_base, 0, c * BV, D, BV, V), c, D, BV, PREC)
+            R = eta[:, None] * (W - tl.exp(log_gamma_prev)[:, None] * KS)
             Delta = tl.dot(Tm, R, input_precision=PREC)
-            S_next = tl.exp(log_gamma_end) * S_j + tl.dot(tl.trans(k_to_end), Delta, input_precision=PREC)
-            _store_block(h_base + D * V, j, S_next, D, V)
-            if j == 2:  # memory block: o_t = q_t + q_t^T S_t[:, mem]
-                QK = _decay(log_gamma, log_gamma, inclusive) * tl.dot(Q, tl.trans(k), input_precision=PREC)
-                read = tl.exp(log_gamma)[:, None] * tl.dot(Q, S_j, input_precision=PREC)
+            S_next = tl.exp(log_gamma_end) * S_c + tl.dot(tl.trans(k_to_end), Delta, input_precision=PREC)
+            _store(h_base + D * V, 0, c * BV, S_next, D, BV, V)
+            if (c * BV >= 2 * D) and (c * BV < 3 * D):  # memory columns: o_t = q_t + q_t^T S_t[:, mem]
+                read = tl.exp(log_gamma)[:, None] * tl.dot(Q, S_c, input_precision=PREC)
                 read += tl.dot(QK, Delta, input_precision=PREC)
-                _store_rows(o_ptr + row0 * D, Q + read, D, L)
+                _store(o_rows, 0, c * BV - 2 * D, _load(q_rows, 0, c * BV - 2 * D, L, BV, D) + read, L, BV, D)
         tl.debug_barrier()  # S_{n+1} written by all threads before the next chunk reads it
 
 
@@ -190,9 +201,11 @@ def _bwd_kernel(
     u_ptr, q_ptr, keep_ptr, b_eta_ptr, b_alpha_ptr, p0_ptr, h_ptr, do_ptr, dh_ptr,
     du_ptr, dq_ptr, dstate_ptr, dp0_ptr, db_eta_ptr, db_alpha_ptr,
     eta_max, num_chunks, H,
-    L: tl.constexpr, D: tl.constexpr, SELF_REF: tl.constexpr, DETACH: tl.constexpr, PREC: tl.constexpr,
+    L: tl.constexpr, D: tl.constexpr, BV: tl.constexpr, SELF_REF: tl.constexpr, DETACH: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     V: tl.constexpr = 3 * D + 2
+    NUM_TILES: tl.constexpr = (V + BV - 1) // BV
     bh = tl.program_id(0)
     T = num_chunks * L
     b_eta = tl.load(b_eta_ptr + bh % H)
@@ -207,7 +220,7 @@ def _bwd_kernel(
     db_alpha = tl.zeros([L], dtype=u_ptr.dtype.element_ty)
     for step in range(num_chunks):
         n = num_chunks - 1 - step
-        row0 = bh * T + n * L
+        row0 = (bh * T + n * L) * D
         h_base = h_ptr + (bh * (num_chunks + 1) + n) * D * V
         dh_next = dh_ptr + (bh * (num_chunks + 1) + n + 1) * D * V  # gradient of S_{n+1} as an output
         proj_to_state = (n > 0) & SELF_REF
@@ -216,11 +229,9 @@ def _bwd_kernel(
             P_base, dP_base = h_base, dS_base
 
         # Recompute the chunk's forward quantities.
-        U = _load_rows(u_ptr + row0 * D, D, L)
-        Q = _load_rows(q_ptr + row0 * D, D, L)
-        dO = _load_rows(do_ptr + row0 * D, D, L)
         keep = tl.load(keep_ptr + (bh // H) * T + n * L + idx) != 0
-        k, v, k_norm, v_norm, sig_eta, eta, alpha = _project(U, P_base, keep, b_eta, b_alpha, eta_max, D, V, PREC)
+        k, v, k_norm, v_norm, sig_eta, eta, alpha = _project(u_ptr + row0, P_base, keep, b_eta, b_alpha, eta_max,
+                                                             L, D, BV, V, PREC)
         log_alpha = tl.log(alpha)
         log_gamma = tl.cumsum(log_alpha, 0)
         log_gamma_prev = log_gamma - log_alpha
@@ -229,30 +240,32 @@ def _bwd_kernel(
         A, Tm = _ut_transform(k, eta, log_gamma, log_gamma_prev, L, PREC)
         to_end = tl.exp(log_gamma_end - log_gamma)
         k_to_end = k * to_end[:, None]
+        Q = _load(q_ptr + row0, 0, 0, L, D, D)
+        decay = _decay(log_gamma, log_gamma, inclusive)
+        QK = tl.dot(Q, tl.trans(k), input_precision=PREC)
 
-        dk = tl.zeros([L, D], dtype=U.dtype)
-        dv = tl.zeros([L, D], dtype=U.dtype)
-        dq = dO  # o = q + read
-        dA = tl.zeros([L, L], dtype=U.dtype)
-        d_eta = tl.zeros([L], dtype=U.dtype)
-        d_log_gamma = tl.zeros([L], dtype=U.dtype)
-        d_log_gamma_prev = tl.zeros([L], dtype=U.dtype)
-        d_log_gamma_end = tl.sum(tl.zeros([L], dtype=U.dtype), 0)
+        dk = tl.zeros([L, D], dtype=k.dtype)
+        dv = tl.zeros([L, D], dtype=k.dtype)
+        dq = _load(do_ptr + row0, 0, 0, L, D, D)  # o = q + read
+        dA = tl.zeros([L, L], dtype=k.dtype)
+        d_mix = tl.zeros([L, L], dtype=k.dtype)  # dL/d(decay * Q K^T)
+        d_eta = tl.zeros([L], dtype=k.dtype)
+        d_log_gamma = tl.zeros([L], dtype=k.dtype)
+        d_log_gamma_prev = tl.zeros([L], dtype=k.dtype)
+        d_log_gamma_end = tl.sum(tl.zeros([L], dtype=k.dtype), 0)
 
-        # Pass 1, block by block: S_{n+1}, the read-out, Delta, R and W back to dS_n, dk, dv, dA.
-        for j in tl.static_range(4):
-            S_j = _load_block(h_base, j, D, V)
-            P_j = _load_block(P_base, j, D, V)
-            dS_next = _load_block(dS_base, j, D, V) + _load_block(dh_next, j, D, V)
-            KS = tl.dot(k, S_j, input_precision=PREC)
-            W = _targets(v, k, P_j, j, PREC)
-            residual = W - gamma_prev[:, None] * KS
-            R = eta[:, None] * residual
-            Delta = tl.dot(Tm, R, input_precision=PREC)
+        # Pass 1, tile by tile: S_{n+1}, the read-out, Delta, R and W back to dS_n, dk, dv, dA.
+        for c in tl.static_range(NUM_TILES):
+            S_c = _load(h_base, 0, c * BV, D, BV, V)
+            P_c = _load(P_base, 0, c * BV, D, BV, V)
+            dS_next = _load(dS_base, 0, c * BV, D, BV, V) + _load(dh_next, 0, c * BV, D, BV, V)
+            KS = tl.dot(k, S_c, input_precision=PREC)
+            residual = _targets(v, k, P_c, c, D, BV, PREC) - gamma_prev[:, None] * KS
+            Delta = tl.dot(Tm, eta[:, None] * residual, input_precision=PREC)
 
             # S_{n+1} = gamma_end S_n + (K * to_end)^T Delta
             dS = gamma_end * dS_next
-            d_log_gamma_end += gamma_end * tl.sum(tl.sum(dS_next * S_j, 1), 0)
+            d_log_gamma_end += gamma_end * tl.sum(tl.sum(dS_next * S_c, 1), 0)
             dDelta = tl.dot(k_to_end, dS_next, input_precision=PREC)
             d_k_to_end = tl.dot(Delta, tl.trans(dS_next), input_precision=PREC)
             dk += d_k_to_end * to_end[:, None]
@@ -260,43 +273,44 @@ def _bwd_kernel(
             d_log_gamma -= z
             d_log_gamma_end += tl.sum(z, 0)
 
-            if j == 2:  # read = gamma * (Q S_mem) + (decay * Q K^T) Delta_mem
-                QS = tl.dot(Q, S_j, input_precision=PREC)
-                dS += tl.dot(tl.trans(Q * gamma[:, None]), dO, input_precision=PREC)
-                dq += gamma[:, None] * tl.dot(dO, tl.trans(S_j), input_precision=PREC)
-                d_log_gamma += gamma * tl.sum(dO * QS, 1)
-                decay = _decay(log_gamma, log_gamma, inclusive)
-                QK = tl.dot(Q, tl.trans(k), input_precision=PREC)
-                dDelta += tl.dot(tl.trans(decay * QK), dO, input_precision=PREC)
-                d_mix = tl.dot(dO, tl.trans(Delta), input_precision=PREC)  # dL/d(decay * QK)
-                dq += tl.dot(d_mix * decay, k, input_precision=PREC)
-                dk += tl.dot(tl.trans(d_mix * decay), Q, input_precision=PREC)
-                z_mix = tl.where(inclusive, d_mix * decay * QK, 0.0)
-                d_log_gamma += tl.sum(z_mix, 1) - tl.sum(z_mix, 0)
+            if (c * BV >= 2 * D) and (c * BV < 3 * D):  # read = gamma (Q S_mem) + (decay * Q K^T) Delta_mem
+                dO_c = _load(do_ptr + row0, 0, c * BV - 2 * D, L, BV, D)
+                dS += tl.dot(tl.trans(Q * gamma[:, None]), dO_c, input_precision=PREC)
+                dq += gamma[:, None] * tl.dot(dO_c, tl.trans(S_c), input_precision=PREC)
+                d_log_gamma += gamma * tl.sum(dO_c * tl.dot(Q, S_c, input_precision=PREC), 1)
+                dDelta += tl.dot(tl.trans(decay * QK), dO_c, input_precision=PREC)
+                d_mix += tl.dot(dO_c, tl.trans(Delta), input_precision=PREC)
 
-            # Delta = (I + A)^-1 R
+            # Delta = (I + A)^-1 R, R = eta (W - gamma_prev K S_n)
             dR = tl.dot(tl.trans(Tm), dDelta, input_precision=PREC)
             dA -= tl.dot(dR, tl.trans(Delta), input_precision=PREC)
-            # R = eta (W - gamma_prev K S_n)
             d_eta += tl.sum(dR * residual, 1)
             d_log_gamma_prev -= gamma_prev * tl.sum(dR * eta[:, None] * KS, 1)
             dR_scaled = (eta * gamma_prev)[:, None] * dR
-            dk -= tl.dot(dR_scaled, tl.trans(S_j), input_precision=PREC)
+            dk -= tl.dot(dR_scaled, tl.trans(S_c), input_precision=PREC)
             dS -= tl.dot(tl.trans(k), dR_scaled, input_precision=PREC)
-            # W = v P_j + [square ? v - k : 0]
+            # W = v P_c + [square ? (v - k) E : 0]
             dW = eta[:, None] * dR
-            if j < 3:
-                dk -= dW
+            if c * BV < 3 * D:
+                dW_columns = tl.dot(dW, tl.trans(_selection((c * BV) % D, D, BV, dW.dtype)), input_precision=PREC)
+                dk -= dW_columns
+                if not DETACH:
+                    dv += dW_columns
             if not DETACH:
-                dv += tl.dot(dW, tl.trans(P_j), input_precision=PREC)
-                if j < 3:
-                    dv += dW
-                dP_j = tl.dot(tl.trans(v), dW, input_precision=PREC)
+                dv += tl.dot(dW, tl.trans(P_c), input_precision=PREC)
+                dP_c = tl.dot(tl.trans(v), dW, input_precision=PREC)
                 if proj_to_state:
-                    dS += dP_j
+                    dS += dP_c
                 else:
-                    _add_to_block(dp0_base, j, dP_j, D, V)
-            _store_block(dS_base, j, dS, D, V)
+                    _add(dp0_base, 0, c * BV, dP_c, D, BV, V)
+            _store(dS_base, 0, c * BV, dS, D, BV, V)
+
+        # The read-out's decay * Q K^T
+        dq += tl.dot(d_mix * decay, k, input_precision=PREC)
+        dk += tl.dot(tl.trans(d_mix * decay), Q, input_precision=PREC)
+        z_mix = tl.where(inclusive, d_mix * decay * QK, 0.0)
+        d_log_gamma += tl.sum(z_mix, 1) - tl.sum(z_mix, 0)
+        _store(dq_ptr + row0, 0, 0, dq, L, D, D)
 
         # A_ts = eta_t exp(log_gamma_prev_t - log_gamma_s) k_t.k_s, s < t
         dA = tl.where(strict, dA, 0.0)
@@ -315,26 +329,32 @@ def _bwd_kernel(
         db_eta += d_eta_logit
         db_alpha += d_alpha_logit
 
-        # k = k_raw / |k_raw| (same for v), k_raw = u + u P_key, v_raw = u + u P_value
+        # k = k_raw / |k_raw| (same for v), k_raw = u + u P_key, v_raw = u + u P_value: by row tiles of P
         dk_raw = (dk - k * tl.sum(dk * k, 1)[:, None]) / k_norm[:, None]
         dv_raw = (dv - v * tl.sum(dv * v, 1)[:, None]) / v_norm[:, None]
-        cols = tl.arange(0, D)
+        cols = tl.arange(0, BV)
         d_scalars = tl.where(cols[None, :] == 0, d_eta_logit[:, None], 0.0)
         d_scalars += tl.where(cols[None, :] == 1, d_alpha_logit[:, None], 0.0)
-        dU = dk_raw + dv_raw
-        dU += tl.dot(dk_raw, tl.trans(_load_block(P_base, 0, D, V)), input_precision=PREC)
-        dU += tl.dot(dv_raw, tl.trans(_load_block(P_base, 1, D, V)), input_precision=PREC)
-        dU += tl.dot(d_scalars, tl.trans(_load_block(P_base, 3, D, V)), input_precision=PREC)
-        _store_rows(du_ptr + row0 * D, dU, D, L)
-        _store_rows(dq_ptr + row0 * D, dq, D, L)
-
         tl.debug_barrier()  # pass 1 stores complete before the projection gradients are added
-        _add_to_block(dP_base, 0, tl.dot(tl.trans(U), dk_raw, input_precision=PREC), D, V)
-        _add_to_block(dP_base, 1, tl.dot(tl.trans(U), dv_raw, input_precision=PREC), D, V)
-        _add_to_block(dP_base, 3, tl.dot(tl.trans(U), d_scalars, input_precision=PREC), D, V)
+        for r in tl.static_range(D // BV):
+            E_r = _selection(r * BV, D, BV, k.dtype)
+            P_key_r = _load(P_base, r * BV, 0, BV, D, V)
+            P_value_r = _load(P_base, r * BV, D, BV, D, V)
+            dU_r = tl.dot(dk_raw, tl.trans(P_key_r) + E_r, input_precision=PREC)
+            dU_r += tl.dot(dv_raw, tl.trans(P_value_r) + E_r, input_precision=PREC)
+            dU_r += tl.dot(d_scalars, tl.trans(_load(P_base, r * BV, 3 * D, BV, BV, V)), input_precision=PREC)
+            _store(du_ptr + row0, 0, r * BV, dU_r, L, BV, D)
+            U_r = _load(u_ptr + row0, 0, r * BV, L, BV, D)
+            _add(dP_base, r * BV, 0, tl.dot(tl.trans(U_r), dk_raw, input_precision=PREC), BV, D, V)
+            _add(dP_base, r * BV, D, tl.dot(tl.trans(U_r), dv_raw, input_precision=PREC), BV, D, V)
+            _add(dP_base, r * BV, 3 * D, tl.dot(tl.trans(U_r), d_scalars, input_precision=PREC), BV, BV, V)
         tl.debug_barrier()
     tl.store(db_eta_ptr + bh, tl.sum(db_eta, 0))
     tl.store(db_alpha_ptr + bh, tl.sum(db_alpha, 0))
+
+
+def _tile_width(head_dim: int) -> int:
+    return min(head_dim, MAX_TILE_WIDTH)
 
 
 class FusedChunkFunction(torch.autograd.Function):
@@ -352,7 +372,7 @@ class FusedChunkFunction(torch.autograd.Function):
         o = _output_like(u)
         _fwd_kernel[(B * H,)](
             u, q, keep, b_eta, b_alpha, projection_state, h, o, float(eta_max), num_chunks, H,
-            L=chunk_size, D=d, SELF_REF=self_referential, PREC=dot_precision,
+            L=chunk_size, D=d, BV=_tile_width(d), SELF_REF=self_referential, PREC=dot_precision,
         )
         ctx.save_for_backward(u, q, keep, b_eta, b_alpha, projection_state, h)
         ctx.settings = (chunk_size, float(eta_max), self_referential, detach_values, dot_precision)
@@ -370,7 +390,7 @@ class FusedChunkFunction(torch.autograd.Function):
         _bwd_kernel[(B * H,)](
             u, q, keep, b_eta, b_alpha, projection_state, h, d_o.contiguous(), d_h.contiguous(),
             du, dq, d_state, d_projection, db_eta, db_alpha, eta_max, T // chunk_size, H,
-            L=chunk_size, D=d, SELF_REF=self_referential, DETACH=detach_values, PREC=dot_precision,
+            L=chunk_size, D=d, BV=_tile_width(d), SELF_REF=self_referential, DETACH=detach_values, PREC=dot_precision,
         )
         d_initial = d_state + d_h[:, :, 0]
         db_eta, db_alpha = (x.view(B, H).sum(0) for x in (db_eta, db_alpha))
