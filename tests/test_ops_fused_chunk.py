@@ -75,11 +75,13 @@ def assert_matches(fn, reference_fn, inputs, max_ratio_error, **kwargs):
 
 
 @needs_kernels
-@pytest.mark.parametrize("self_referential", [True, False])
-@pytest.mark.parametrize("detach_values", [False, True])
-def test_matches_reference_fp64(self_referential, detach_values):
-    """Padding (left and right), an initial chunk state and a chunk offset, T not a multiple of C."""
-    inputs = make_inputs(B=2, T=37, H=2, d=16, dtype=torch.float64, with_chunk_state=True)
+@pytest.mark.parametrize("self_referential, detach_values, head_dim, tile_width",
+                         [(True, False, 16, 16), (True, True, 16, 16), (False, False, 16, 16), (True, False, 32, 16)])
+def test_matches_reference_fp64(self_referential, detach_values, head_dim, tile_width, monkeypatch):
+    """Padding (left and right), an initial chunk state and a chunk offset, T not a multiple of C;
+    tiles narrower than the head dim (as for d=128 on a GPU) in the last case."""
+    monkeypatch.setattr(fused_chunk, "MAX_TILE_WIDTH", tile_width)
+    inputs = make_inputs(B=2, T=37, H=2, d=head_dim, dtype=torch.float64, with_chunk_state=True)
     kwargs = dict(chunk_size=16, eta_max=0.9, initial_chunk_state=inputs[5], chunk_offset=5,
                   attention_mask=padding_mask(2, 37), self_referential=self_referential, detach_values=detach_values)
     assert_matches(fused, naive_self_referential_gated_delta_rule, inputs, 1e-10, **kwargs)
