@@ -155,3 +155,20 @@ def test_kernel_benchmark_runs(tmp_path):
     result = json.loads(next(tmp_path.glob("kernels*.json")).read_text())["results"][0]
     assert set(result["methods"]) == {"fused", "fla_chunks", "fla_static", "sdpa"}
     assert all(row["fwd_bwd_ms"] > 0 for row in result["methods"].values())
+
+
+def test_kernels_compile_for_hopper(tmp_path):
+    """The GPU compiler (to PTX for sm_90, no GPU needed) accepts both kernels, and they fit in a
+    thread block's shared memory: the interpreter alone would not catch either."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "evaluation" / "benchmarks" / "kernel_resources.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, str(script), "--head-dims", "32", "--chunk-sizes", "16", "--results-dir", str(tmp_path)],
+                   check=True, capture_output=True, text=True, env=env, timeout=900)
+    kernels = json.loads((tmp_path / "kernel_resources.json").read_text())["kernels"]
+    assert {k["kernel"] for k in kernels} == {"forward", "backward"}
+    assert all(k["fits"] and k["ptx_lines"] > 0 for k in kernels), kernels

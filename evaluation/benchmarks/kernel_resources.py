@@ -1,0 +1,74 @@
+"""Compile the fused kernels for a GPU architecture without a GPU, and report their shared memory.
+
+Triton compiles to PTX on any machine; this catches what the interpreter (TRITON_INTERPRET=1)
+cannot: code the GPU compiler rejects, and tile sizes that need more shared memory than one
+thread block can have (227 KiB on sm_90 / H100). It does not measure speed.
+
+    python evaluation/benchmarks/kernel_resources.py                     # d in 32/64/128, chunk 16/64, sm_90
+    python evaluation/benchmarks/kernel_resources.py --head-dims 32 --chunk-sizes 16 --results-dir /tmp/x
+
+Writes kernel_resources.json. Run it without TRITON_INTERPRET set.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, write_results  # noqa: E402
+
+SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}  # bytes per thread block (opt-in maximum)
+FWD_ARGS = ["u_ptr", "q_ptr", "keep_ptr", "b_eta_ptr", "b_alpha_ptr", "p0_ptr", "h_ptr", "o_ptr", "eta_max", "num_chunks", "H"]
+BWD_ARGS = ["u_ptr", "q_ptr", "keep_ptr", "b_eta_ptr", "b_alpha_ptr", "p0_ptr", "h_ptr", "do_ptr", "dh_ptr", "du_ptr",
+            "dq_ptr", "dstate_ptr", "dp0_ptr", "db_eta_ptr", "db_alpha_ptr", "eta_max", "num_chunks", "H"]
+
+
+def compile_kernel(kernel, arg_names, constants: dict, arch: int, num_warps: int):
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {name: "fp32" if name == "eta_max" else "i32" if name in ("num_chunks", "H") else "*fp32"
+                 for name in arg_names}
+    signature.update({name: "constexpr" for name in constants})
+    constexprs = {(list(signature).index(name),): value for name, value in constants.items()}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_MEMORY_LIMIT))
+    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
+
+    from hope_hf.ops.self_referential.fused_chunk import _bwd_kernel, _fwd_kernel, _tile_width
+
+    rows = []
+    for d in args.head_dims:
+        for chunk in args.chunk_sizes:
+            for name, kernel, arg_names, extra in (("forward", _fwd_kernel, FWD_ARGS, {}),
+                                                   ("backward", _bwd_kernel, BWD_ARGS, {"DETACH": False})):
+                constants = {"L": chunk, "D": d, "BV": _tile_width(d), "SELF_REF": True, **extra, "PREC": "tf32"}
+                start = time.perf_counter()
+                compiled = compile_kernel(kernel, arg_names, constants, args.arch, args.num_warps)
+                shared = compiled.metadata.shared
+                row = {"kernel": name, "head_dim": d, "chunk_size": chunk, "tile_width": constants["BV"],
+                       "shared_memory_bytes": shared, "fits": shared <= SHARED_MEMORY_LIMIT[args.arch],
+                       "ptx_lines": compiled.asm["ptx"].count("\n"), "compile_s": round(time.perf_counter() - start, 1)}
+                rows.append(row)
+                print(row, flush=True)
+    write_results("kernel_resources", {"arch": f"sm_{args.arch}", "num_warps": args.num_warps,
+                                       "shared_memory_limit_bytes": SHARED_MEMORY_LIMIT[args.arch], "kernels": rows},
+                  args.results_dir)
+
+
+if __name__ == "__main__":
+    main()
