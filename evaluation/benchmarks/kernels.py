@@ -145,7 +145,7 @@ def main():
 
     if args.smoke:
         device, dtype, run = "cpu", torch.float32, smoke_methods(16)
-        shapes = [(32, 16)]
+        shapes = [(16, 16)]
         args.heads, args.chunk_size, args.repeats = 2, 16, 1
     elif torch.cuda.is_available():
         device, dtype, run = "cuda", torch.bfloat16, methods(args.chunk_size)
