@@ -21,6 +21,9 @@ setup(
         "triton>=3.3; platform_system == 'Linux'",
         "tqdm",
     ],
+    entry_points={
+        "console_scripts": ["hope-lm-eval = hope_hf.evaluation.lm_eval_entry:main"],
+    },
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
         "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn"],
