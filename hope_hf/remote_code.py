@@ -21,6 +21,7 @@ HOPE_REMOTE_MODULES = {
     "hope_hf.ops.self_referential.naive": "self_referential_naive",
     "hope_hf.ops.self_referential.chunk": "self_referential_chunk",
     "hope_hf.ops.self_referential.fla_bridge": "self_referential_fla_bridge",
+    "hope_hf.ops.self_referential.fused_chunk": "self_referential_fused_chunk",
     "hope_hf.remote_code": "hope_remote_code",
     "hope_hf.configuration.configuration_llama_cms": "configuration_llama_cms",
     "hope_hf.modeling.modeling_llama_cms": "modeling_llama_cms",

@@ -29,8 +29,12 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+try:  # in a try block, transformers' remote-code loader does not demand triton of CPU-only installs
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("the fused self-referential kernels need triton (installed with CUDA builds of torch)") from error
 
 from .common import check_inputs, compute_dtype, state_width
 
