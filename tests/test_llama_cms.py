@@ -165,4 +165,6 @@ def test_smollm2_gguf_retrofit_end_to_end(tmp_path):
     answer = reloaded.generate(prompt, max_new_tokens=8, do_sample=False)
     assert torch.equal(answer, source.generate(prompt, max_new_tokens=8, do_sample=False))
     assert "Paris" in tokenizer.decode(answer[0, prompt.shape[1]:])
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama_cms"
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    assert saved_config["model_type"] == "llama_cms"
+    assert "quantization_config" not in saved_config  # else lm-eval's from_pretrained looks for the GGUF file

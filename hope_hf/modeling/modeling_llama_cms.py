@@ -117,7 +117,10 @@ class LlamaCMSForCausalLM(RemoteCodeMixin, LlamaCMSInitMixin, LlamaForCausalLM):
                 for name, fraction, period in DEFAULT_NEW_LEVELS
             ]
         pretrained = {"name": "pretrained", "intermediate_size": source.config.intermediate_size, "update_period": pretrained_update_period}
-        for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype"):
+        # quantization_config: a GGUF source's is dequantised already; kept, it would make every
+        # from_pretrained of the retrofit (lm-eval's too) look for the GGUF file.
+        for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype",
+                    "quantization_config"):
             src_config.pop(key, None)
         config = LlamaCMSConfig(**src_config, cms_levels=[pretrained, *cms_levels], cms_variant=cms_variant)
         model = cls(config).to(source.dtype)
