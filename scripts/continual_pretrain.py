@@ -11,41 +11,16 @@ generates a sample, saves the model and writes loss_curve.png.
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
-from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hope_hf import LlamaCMSForCausalLM  # importing hope_hf registers llama_cms with the Auto classes
+import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from hope_hf.data import sample_text_path, smollm2_gguf_path
-from hope_hf.optim.cms_levels import is_cms_module
 from hope_hf.training import build_datasets, train
 from hope_hf.training.cli import add_training_arguments, training_config
-from hope_hf.training.trainer import collate
-
-
-def load_model_and_tokenizer(source: Path, args):
-    if source.is_dir() and json.loads((source / "config.json").read_text()).get("model_type") == "llama_cms":
-        return AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
-    levels = [{"name": "fast", "intermediate_size": args.new_level_size, "update_period": 1}]
-    model = LlamaCMSForCausalLM.from_llama(source, cms_levels=levels, pretrained_update_period=args.pretrained_period,
-                                           warm_start=True)
-    if source.suffix == ".gguf":
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    return model, tokenizer
-
-
-@torch.no_grad()
-def perplexity(model, blocks, batches: int, batch_size: int) -> float:
-    model.eval()
-    losses = [model(input_ids=b, labels=b).loss for _, b in zip(range(batches), DataLoader(blocks, batch_size, collate_fn=collate))]
-    return math.exp(torch.stack(losses).mean().item())
+from hope_hf.training.continual import load_model_and_tokenizer, perplexity, train_only_new_levels
 
 
 def main():
@@ -65,12 +40,10 @@ def main():
     start = time.perf_counter()
     stamp = lambda what: print(f"[{time.perf_counter() - start:6.1f} s] {what}", flush=True)
     stamp(f"model: {source}")
-    model, tokenizer = load_model_and_tokenizer(source, args)
+    model, tokenizer = load_model_and_tokenizer(source, args.new_level_size, args.pretrained_period)
     stamp("model and tokenizer loaded")
     if not args.train_everything:  # only the new CMS levels learn; the pretrained MLP (level 0) is frozen
-        new_levels = {id(p) for m in model.modules() if is_cms_module(m) for level in m.level_parameters()[1:] for p in level}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in new_levels)
+        train_only_new_levels(model)
     new_train, new_held_out = build_datasets(args.data, tokenizer, args.block_size, seed=args.seed,
                                              max_model_length=model.config.max_position_embeddings)
     _, old_held_out = build_datasets(args.old_data, tokenizer, args.block_size, seed=args.seed,
