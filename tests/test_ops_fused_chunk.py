@@ -97,6 +97,14 @@ def test_matches_reference_fp32(T, chunk_size, chunk_offset):
 
 
 @needs_kernels
+def test_bf16_inputs_within_one_percent():
+    """bf16 inputs take tf32 dots (fp32 state): ratio error < 1e-2 (the interpreter emulates tf32)."""
+    inputs = make_inputs(B=1, T=40, H=2, d=16, dtype=torch.bfloat16)
+    reference = lambda *a, **k: naive_self_referential_gated_delta_rule(*(x.double() for x in a), **k)
+    assert_matches(fused, reference, inputs, 1e-2, chunk_size=16, attention_mask=padding_mask(1, 40))
+
+
+@needs_kernels
 def test_split_sequence_continues_exactly():
     """Feeding the returned states back in continues the sequence as if it were one call."""
     u, q, b_eta, b_alpha, state = (x.detach() for x in make_inputs(B=1, T=40, H=1, d=16, dtype=torch.float64))
@@ -109,10 +117,10 @@ def test_split_sequence_continues_exactly():
 
 
 @needs_kernels
-@pytest.mark.parametrize("head_dim, chunk_size, message", [(24, 16, "head_dim"), (16, 8, "chunk_size"), (256, 16, "head_dim")])
-def test_unsupported_shapes_are_refused(head_dim, chunk_size, message):
+@pytest.mark.parametrize("head_dim, chunk_size", [(24, 16), (16, 8), (256, 16), (128, 64)])
+def test_unsupported_shapes_are_refused(head_dim, chunk_size):
     u, q, b_eta, b_alpha, state = make_inputs(B=1, T=4, H=1, d=head_dim, dtype=torch.float32)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"head_dim={head_dim}, chunk_size={chunk_size}"):
         fused(u, q, b_eta, b_alpha, state, chunk_size)
 
 
@@ -120,7 +128,7 @@ def test_unsupported_shapes_are_refused(head_dim, chunk_size, message):
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 def test_cuda_matches_chunked_reference_at_realistic_shapes(head_dim):
     inputs = make_inputs(B=2, T=1000, H=4, d=head_dim, dtype=torch.float32)
-    kwargs = dict(chunk_size=64, attention_mask=padding_mask(2, 1000))
+    kwargs = dict(chunk_size=4096 // max(head_dim, 64), attention_mask=padding_mask(2, 1000))
     reference = lambda *a, **k: naive_self_referential_gated_delta_rule(*(x.double() for x in a), **k)
     assert_matches(fused, reference, inputs, 1e-3, **kwargs)
 
@@ -136,6 +144,8 @@ def test_cuda_dispatch_picks_the_fused_kernel_where_it_fits():
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=True) is fused
     assert _cuda_kernel(head_dim=64, chunk_size=8, self_referential=True) is fla_self_referential_gated_delta_rule
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=False) is fla_self_referential_gated_delta_rule
+    assert _cuda_kernel(128, 32, True) is fused
+    assert _cuda_kernel(128, 64, True) is fla_self_referential_gated_delta_rule  # shared memory
 
 
 @needs_kernels
@@ -167,8 +177,10 @@ def test_kernels_compile_for_hopper(tmp_path):
 
     script = Path(__file__).parents[1] / "evaluation" / "benchmarks" / "kernel_resources.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    subprocess.run([sys.executable, str(script), "--head-dims", "32", "--chunk-sizes", "16", "--results-dir", str(tmp_path)],
+    subprocess.run([sys.executable, str(script), "--head-dims", "32", "--chunk-sizes", "16", "--precisions", "tf32", "ieee",
+                    "--results-dir", str(tmp_path)],
                    check=True, capture_output=True, text=True, env=env, timeout=900)
     kernels = json.loads((tmp_path / "kernel_resources.json").read_text())["kernels"]
-    assert {k["kernel"] for k in kernels} == {"forward", "backward"}
+    assert {(k["kernel"], k["operands"]) for k in kernels} == {(kernel, operands) for kernel in ("forward", "backward")
+                                                                for operands in ("tf32", "ieee")}
     assert all(k["fits"] and k["ptx_lines"] > 0 for k in kernels), kernels

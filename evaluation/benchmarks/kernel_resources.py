@@ -4,10 +4,11 @@ Triton compiles to PTX on any machine; this catches what the interpreter (TRITON
 cannot: code the GPU compiler rejects, and tile sizes that need more shared memory than one
 thread block can have (227 KiB on sm_90 / H100). It does not measure speed.
 
-    python evaluation/benchmarks/kernel_resources.py                     # d in 32/64/128, chunk 16/64, sm_90
+    python evaluation/benchmarks/kernel_resources.py                     # d in 32/64/128, chunk 16/64, sm_90, tf32 and ieee dots
     python evaluation/benchmarks/kernel_resources.py --head-dims 32 --chunk-sizes 16 --results-dir /tmp/x
 
-Writes kernel_resources.json. Run it without TRITON_INTERPRET set.
+Writes kernel_resources.json: per kernel and shape, shared memory, whether it fits, and whether
+the op dispatches to it (fused_kernel_supports). Run it without TRITON_INTERPRET set.
 """
 
 import argparse
@@ -15,6 +16,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, write_results  # noqa: E402
@@ -44,27 +47,31 @@ def main():
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_MEMORY_LIMIT))
     parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--precisions", nargs="+", default=["tf32", "ieee"], choices=["tf32", "ieee"],
+                        help="dots: tf32 (bf16/fp16 inputs) or ieee (fp32 inputs)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
 
-    from hope_hf.ops.self_referential.fused_chunk import _bwd_kernel, _fwd_kernel, _tile_width
+    from hope_hf.ops.self_referential.fused_chunk import _bwd_kernel, _fwd_kernel, _tile_width, fused_kernel_supports
 
     rows = []
-    for d in args.head_dims:
-        for chunk in args.chunk_sizes:
-            for name, kernel, arg_names, extra in (("forward", _fwd_kernel, FWD_ARGS, {}),
-                                                   ("backward", _bwd_kernel, BWD_ARGS, {"DETACH": False})):
-                constants = {"L": chunk, "D": d, "BV": _tile_width(d), "SELF_REF": True, **extra, "PREC": "tf32"}
-                start = time.perf_counter()
-                compiled = compile_kernel(kernel, arg_names, constants, args.arch, args.num_warps)
-                shared = compiled.metadata.shared
-                row = {"kernel": name, "head_dim": d, "chunk_size": chunk, "tile_width": constants["BV"],
-                       "shared_memory_bytes": shared, "fits": shared <= SHARED_MEMORY_LIMIT[args.arch],
-                       "ptx_lines": compiled.asm["ptx"].count("\n"), "compile_s": round(time.perf_counter() - start, 1)}
-                rows.append(row)
-                print(row, flush=True)
+    configs = [(d, chunk, precision) for d in args.head_dims for chunk in args.chunk_sizes for precision in args.precisions]
+    for d, chunk, precision in tqdm(configs, desc="compiling"):
+        for name, kernel, arg_names, extra in (("forward", _fwd_kernel, FWD_ARGS, {}),
+                                               ("backward", _bwd_kernel, BWD_ARGS, {"DETACH": False})):
+            constants = {"L": chunk, "D": d, "BV": _tile_width(d), "SELF_REF": True, **extra, "PREC": precision}
+            start = time.perf_counter()
+            compiled = compile_kernel(kernel, arg_names, constants, args.arch, args.num_warps)
+            shared = compiled.metadata.shared
+            row = {"kernel": name, "head_dim": d, "chunk_size": chunk, "operands": precision,
+                   "tile_width": constants["BV"],
+                   "shared_memory_bytes": shared, "fits": shared <= SHARED_MEMORY_LIMIT[args.arch],
+                   "ptx_lines": compiled.asm["ptx"].count("\n"), "compile_s": round(time.perf_counter() - start, 1)}
+            row["dispatched"] = fused_kernel_supports(d, chunk)
+            rows.append(row)
+            tqdm.write(str(row))
     write_results("kernel_resources", {"arch": f"sm_{args.arch}", "num_warps": args.num_warps,
                                        "shared_memory_limit_bytes": SHARED_MEMORY_LIMIT[args.arch], "kernels": rows},
                   args.results_dir)

@@ -137,32 +137,33 @@ def main():
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=64, help="capped at 4096 / d (32 at d=128)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (TRITON_INTERPRET=1), fp32")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     if args.smoke:
-        device, dtype, run = "cpu", torch.float32, smoke_methods(16)
+        device, dtype, make_run = "cpu", torch.float32, smoke_methods
         shapes = [(16, 16)]
         args.heads, args.chunk_size, args.repeats = 2, 16, 1
     elif torch.cuda.is_available():
-        device, dtype, run = "cuda", torch.bfloat16, methods(args.chunk_size)
+        device, dtype, make_run = "cuda", torch.bfloat16, methods
         shapes = [(T, d) for d in args.head_dims for T in args.seq_lens]
     else:
         sys.exit("kernels.py times GPU kernels: run it on a CUDA machine, or with --smoke under TRITON_INTERPRET=1")
 
     results = []
     for T, d in shapes:
-        rows = benchmark(run, args.batch_size, T, args.heads, d, args.chunk_size, dtype, device, args.repeats)
-        results.append({"T": T, "d": d, "methods": rows})
+        chunk = min(args.chunk_size, 4096 // d)  # the fused kernel's limit (fused_kernel_supports); same for all
+        rows = benchmark(make_run(chunk), args.batch_size, T, args.heads, d, chunk, dtype, device, args.repeats)
+        results.append({"T": T, "d": d, "chunk_size": chunk, "methods": rows})
         summary = ", ".join(f"{name} {row['fwd_bwd_ms']:.2f} ms ({row['fwd_bwd_vs_fused']:.2f}x)" for name, row in rows.items())
-        print(f"T={T} d={d}: fwd+bwd {summary}")
+        print(f"T={T} d={d} chunk={chunk}: fwd+bwd {summary}")
     name = "kernels_smoke" if args.smoke else "kernels"
     write_results(name, {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-        "dtype": str(dtype), "batch_size": args.batch_size, "heads": args.heads, "chunk_size": args.chunk_size,
+        "dtype": str(dtype), "batch_size": args.batch_size, "heads": args.heads,
         "results": results,
     }, args.results_dir)
     if not args.smoke:

@@ -45,7 +45,7 @@ def self_referential_gated_delta_rule(
 
     The path follows the tensors' device. On CUDA: the fused Triton kernels of ``fused_chunk.py``
     when the shapes fit them (self-referential, head_dim 16-128 and chunk_size 16-64, powers of
-    two), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
+    two; not d=128 with chunk 64), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
     with ``self_referential=False``). Elsewhere: chunked torch.
     """
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
