@@ -117,7 +117,7 @@ def test_split_sequence_continues_exactly():
 
 
 @needs_kernels
-@pytest.mark.parametrize("head_dim, chunk_size", [(24, 16), (16, 8), (256, 16), (128, 64)])
+@pytest.mark.parametrize("head_dim, chunk_size", [(24, 16), (16, 8), (128, 32), (32, 128)])
 def test_unsupported_shapes_are_refused(head_dim, chunk_size):
     u, q, b_eta, b_alpha, state = make_inputs(B=1, T=4, H=1, d=head_dim, dtype=torch.float32)
     with pytest.raises(ValueError, match=f"head_dim={head_dim}, chunk_size={chunk_size}"):
@@ -125,10 +125,10 @@ def test_unsupported_shapes_are_refused(head_dim, chunk_size):
 
 
 @needs_cuda
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("head_dim", [32, 64])
 def test_cuda_matches_chunked_reference_at_realistic_shapes(head_dim):
     inputs = make_inputs(B=2, T=1000, H=4, d=head_dim, dtype=torch.float32)
-    kwargs = dict(chunk_size=4096 // max(head_dim, 64), attention_mask=padding_mask(2, 1000))
+    kwargs = dict(chunk_size=64, attention_mask=padding_mask(2, 1000))
     reference = lambda *a, **k: naive_self_referential_gated_delta_rule(*(x.double() for x in a), **k)
     assert_matches(fused, reference, inputs, 1e-3, **kwargs)
 
@@ -144,8 +144,8 @@ def test_cuda_dispatch_picks_the_fused_kernel_where_it_fits():
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=True) is fused
     assert _cuda_kernel(head_dim=64, chunk_size=8, self_referential=True) is fla_self_referential_gated_delta_rule
     assert _cuda_kernel(head_dim=64, chunk_size=64, self_referential=False) is fla_self_referential_gated_delta_rule
-    assert _cuda_kernel(128, 32, True) is fused
-    assert _cuda_kernel(128, 64, True) is fla_self_referential_gated_delta_rule  # shared memory
+    assert _cuda_kernel(32, 16, True) is fused
+    assert _cuda_kernel(128, 32, True) is fla_self_referential_gated_delta_rule  # too large for one program
 
 
 @needs_kernels

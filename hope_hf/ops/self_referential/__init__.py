@@ -44,8 +44,7 @@ def self_referential_gated_delta_rule(
         for the next token, both (B, H, d, 3d+2) in fp32 (or fp64).
 
     The path follows the tensors' device. On CUDA: the fused Triton kernels of ``fused_chunk.py``
-    when the shapes fit them (self-referential, head_dim 16-128 and chunk_size 16-64, powers of
-    two; not d=128 with chunk 64), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
+    when the shapes fit them (self-referential, head_dim and chunk_size in 16/32/64), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
     with ``self_referential=False``). Elsewhere: chunked torch.
     """
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule

@@ -413,12 +413,11 @@ def _operand_precision(dtype: torch.dtype) -> str:
 
 
 def fused_kernel_supports(head_dim: int, chunk_size: int) -> bool:
-    """Shapes the fused kernels take: power-of-two head dims 16..128 and chunk sizes 16..64 with
-    head_dim * chunk_size <= 4096 (d=128 with chunk 64: the backward needs more shared memory
-    than a thread block has, see kernel_resources.py)."""
-    power_of_two = lambda n: n > 0 and n & (n - 1) == 0
-    return (power_of_two(head_dim) and 16 <= head_dim <= 128 and power_of_two(chunk_size) and 16 <= chunk_size <= 64
-            and head_dim * chunk_size <= 64 * 64)
+    """Shapes the fused kernels take: head dims 16, 32, 64 and chunk sizes 16, 32, 64. At d=128
+    the backward's d x L register tiles are too large: 352 KiB of shared memory with chunk 64
+    (the limit is 227 KiB on sm_90), and ptxas ran out of memory with chunk 32
+    (kernel_resources.py); the op sends d=128 to the fla bridge."""
+    return head_dim in (16, 32, 64) and chunk_size in (16, 32, 64)
 
 
 def fused_chunk_self_referential_gated_delta_rule(
@@ -442,8 +441,8 @@ def fused_chunk_self_referential_gated_delta_rule(
         raise RuntimeError("the fused Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before import)")
     if not fused_kernel_supports(d, chunk_size):
         raise ValueError(
-            f"the fused kernel takes head_dim in (16, 32, 64, 128) and chunk_size in (16, 32, 64) with "
-            f"head_dim * chunk_size <= 4096; got head_dim={d}, chunk_size={chunk_size}"
+            f"the fused kernel takes head_dim in (16, 32, 64) and chunk_size in (16, 32, 64); "
+            f"got head_dim={d}, chunk_size={chunk_size}"
         )
     in_dtype, dtype = u.dtype, compute_dtype(u)
     num_chunks = -(-(chunk_offset + T) // chunk_size)
