@@ -19,6 +19,15 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Scripts run in-process may call torch.set_num_threads; a changed thread count changes
+    reduction order, and later bit-for-bit comparisons with a fresh process would fail."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def seeded(request):
     seed = (SESSION_SEED + zlib.crc32(request.node.nodeid.encode())) % 2**31
     torch.manual_seed(seed)
