@@ -23,6 +23,7 @@ HOPE_REMOTE_MODULES = {
     "hope_hf.ops.self_referential.fla_bridge": "self_referential_fla_bridge",
     "hope_hf.ops.self_referential.fused_chunk": "self_referential_fused_chunk",
     "hope_hf.remote_code": "hope_remote_code",
+    "hope_hf.transformers_compat": "hope_transformers_compat",
     "hope_hf.configuration.configuration_llama_cms": "configuration_llama_cms",
     "hope_hf.modeling.modeling_llama_cms": "modeling_llama_cms",
 }

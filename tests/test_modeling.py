@@ -5,6 +5,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from hope_hf import HopeForCausalLM, HopeModel
 from hope_hf.modeling import ContinuumMemorySystem
+from hope_hf.transformers_compat import output_cache
 
 from helpers import CONFIGS, random_ids, tiny_config, tiny_model, train_on_repeated_motif
 
@@ -32,9 +33,9 @@ def test_incremental_decoding_matches_full_forward(name):
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         prefill = model(ids[:, :7], use_cache=True)
-        cache, steps = prefill.past_key_values, [prefill.logits]
+        cache, steps = output_cache(prefill), [prefill.logits]
         for t in range(7, 19):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=0)
 
@@ -48,8 +49,8 @@ def test_multi_token_continuation_matches_full_forward(name):
         full = model(ids, use_cache=False).logits
         cache, pieces = None, []
         for start, end in [(0, 5), (5, 6), (6, 15), (15, 23)]:
-            out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(ids[:, start:end], cache=cache, use_cache=True)
+            cache = output_cache(out)
             pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-4, rtol=0)
 
@@ -59,7 +60,7 @@ def test_titans_cache_is_constant_in_sequence_length():
     sizes = []
     for length in (5, 40):
         with torch.no_grad():
-            cache = model(random_ids(1, length), use_cache=True).past_key_values
+            cache = output_cache(model(random_ids(1, length), use_cache=True))
         sizes.append(sum(t.numel() for layer in cache.layers for t in [*layer.conv_states.values(), *layer.recurrent_states.values()]))
     assert sizes[0] == sizes[1]
 
@@ -167,5 +168,5 @@ def test_bf16_model_runs_with_fp32_memory_state(name):
         out = model(ids, use_cache=True)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
     titans_layer = CONFIGS[name]["mixer"].index("titans") if isinstance(CONFIGS[name]["mixer"], list) else 0
-    assert out.past_key_values.get_recurrent_state(titans_layer).dtype == torch.float32
+    assert output_cache(out).get_recurrent_state(titans_layer).dtype == torch.float32
     assert model.generate(ids[:, :5], max_new_tokens=6, do_sample=False).shape == (2, 11)

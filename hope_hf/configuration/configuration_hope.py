@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+from ..transformers_compat import CACHE_ARG
+
 MIXERS = ("titans", "attention")
 CMS_VARIANTS = ("sequential", "independent", "nested")
 CMS_LEVEL_KEYS = ("intermediate_size", "update_period")
@@ -83,7 +85,7 @@ class HopeConfig(PreTrainedConfig):
     """
 
     model_type = "hope"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = [CACHE_ARG]
 
     vocab_size: int = 32000
     hidden_size: int = 1024

@@ -21,10 +21,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_hope import HopeConfig
 from ..ops.self_referential import self_referential_gated_delta_rule, state_width
 from ..remote_code import RemoteCodeMixin
+from ..transformers_compat import CACHE_ARG, accepts_past_key_values, output_cache
 
 
 class SwiGLU(nn.Module):
@@ -176,7 +179,7 @@ class HopeTitansMixer(nn.Module):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         B, T, _ = hidden_states.shape
@@ -184,26 +187,26 @@ class HopeTitansMixer(nn.Module):
         init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
         state, chunk_state, seen = init_state, init_state, None
-        if past_key_values is not None and past_key_values.get_recurrent_state(self.layer_idx) is not None:
+        if cache is not None and cache.get_recurrent_state(self.layer_idx) is not None:
             # clones: the cache updates its buffers in place, which must not touch autograd's inputs
-            conv_state = past_key_values.get_conv_state(self.layer_idx).clone()
-            state, chunk_state = past_key_values.get_recurrent_state(self.layer_idx).clone().unbind(2)
-            seen = past_key_values.row_tokens_seen
+            conv_state = cache.get_conv_state(self.layer_idx).clone()
+            state, chunk_state = cache.get_recurrent_state(self.layer_idx).clone().unbind(2)
+            seen = cache.row_tokens_seen
         if not self.self_referential:
             chunk_state = init_state  # projections stay with the meta-learned memories
 
         memory = (conv_state, state, chunk_state)
         if seen is not None and T == 1:
             o, conv_state, state, chunk_state = self._decode_step(projected, *memory, seen, attention_mask)
-        elif self._is_batchable(attention_mask, seen, past_key_values is not None):
+        elif self._is_batchable(attention_mask, seen, cache is not None):
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
             o, conv_state, state, chunk_state = self._memory(projected, *memory, offset, attention_mask)
         else:
             o, conv_state, state, chunk_state = self._per_row(projected, *memory, seen, attention_mask)
 
-        if past_key_values is not None:
-            past_key_values.update_conv_state(conv_state, self.layer_idx)
-            past_key_values.update_recurrent_state(torch.stack([state, chunk_state], dim=2), self.layer_idx)
+        if cache is not None:
+            cache.update_conv_state(conv_state, self.layer_idx)
+            cache.update_recurrent_state(torch.stack([state, chunk_state], dim=2), self.layer_idx)
 
         gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
         o = self.o_norm(o) * gate
@@ -266,16 +269,16 @@ class HopeDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         mixer_in = self.mixer_norm(hidden_states)
         if self.layer_type == "linear_attention":
-            mixed = self.mixer(mixer_in, attention_mask=attention_mask, past_key_values=past_key_values)
+            mixed = self.mixer(mixer_in, attention_mask=attention_mask, cache=cache)
         else:
-            mixed, _ = self.mixer(
+            mixed, _ = self.mixer(  # LlamaAttention: its weights are recorded by a hook (output_attentions)
                 mixer_in, position_embeddings=position_embeddings, attention_mask=attention_mask,
-                past_key_values=past_key_values, **kwargs,
+                **{CACHE_ARG: cache}, **kwargs,
             )
         hidden_states = hidden_states + mixed
         return hidden_states + self.cms(self.cms_norm(hidden_states))
@@ -287,10 +290,12 @@ class HopePreTrainedModel(RemoteCodeMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HopeDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_ARG]
     _supports_sdpa = True
     _supports_flash_attn = False
     _is_stateful = True
+    # what output_hidden_states / output_attentions collect, by forward hooks (transformers' capture_outputs)
+    _can_record_outputs = {"hidden_states": HopeDecoderLayer, "attentions": LlamaAttention}
 
     remote_auto_map = {
         "AutoConfig": "configuration_hope.HopeConfig",
@@ -329,15 +334,16 @@ class HopeModel(HopePreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @accepts_past_key_values
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
@@ -346,24 +352,24 @@ class HopeModel(HopePreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if not use_cache:
-            past_key_values = None
-        elif past_key_values is None:
-            past_key_values = HopeCache(config=self.config)
-        elif not isinstance(past_key_values, HopeCache):
-            raise TypeError(f"past_key_values must be a HopeCache, got {type(past_key_values).__name__}")
+            cache = None
+        elif cache is None:
+            cache = HopeCache(config=self.config)
+        elif not isinstance(cache, HopeCache):
+            raise TypeError(f"cache must be a HopeCache, got {type(cache).__name__}")
 
         mask_kwargs = {
             "config": self.config,
             "inputs_embeds": inputs_embeds,
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
+            CACHE_ARG: cache,
             "position_ids": position_ids,
         }
         masks = {"linear_attention": create_recurrent_attention_mask(**mask_kwargs)}
         position_embeddings = None
         if self.has_attention:
             if position_ids is None:
-                past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+                past_seen = cache.get_seq_length() if cache is not None else 0
                 position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
                 position_ids = position_ids.unsqueeze(0)
                 mask_kwargs["position_ids"] = position_ids
@@ -374,27 +380,18 @@ class HopeModel(HopePreTrainedModel):
             position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
-        all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks[layer.layer_type],
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
-        if past_key_values is not None:
-            past_key_values.advance(*inputs_embeds.shape[:2], masks["linear_attention"], inputs_embeds.device)
+        if cache is not None:
+            cache.advance(*inputs_embeds.shape[:2], masks["linear_attention"], inputs_embeds.device)
         hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_ARG: cache})
 
 
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
@@ -411,23 +408,25 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_past_key_values
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        outputs = self.model(
+        outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -439,7 +438,11 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{CACHE_ARG: output_cache(outputs)},
         )
 
 

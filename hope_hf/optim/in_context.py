@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.stateless import _reparametrize_module
 
+from ..transformers_compat import CACHE_ARG, output_cache
 from .cms_levels import find_cms_levels
 
 
@@ -102,13 +103,13 @@ class InContextLearner:
         fast = {name: t.detach().requires_grad_() for name, t in state.fast_weights.items()}
         with torch.enable_grad():
             out = functional_call(
-                self.model, fast, args=(), kwargs={"input_ids": segment, "past_key_values": state.cache, "use_cache": True}
+                self.model, fast, args=(), kwargs={"input_ids": segment, CACHE_ARG: state.cache, "use_cache": True}
             )
             loss = torch.zeros((), device=segment.device)
             if segment.shape[1] > 1:
                 loss = F.cross_entropy(out.logits[0, :-1].float(), segment[0, 1:], reduction="sum")
             grads = torch.autograd.grad(loss, list(fast.values()), allow_unused=True) if loss.requires_grad else []
-        state.cache = detach_cache(out.past_key_values)
+        state.cache = detach_cache(output_cache(out))
         grads = {name: g for name, g in zip(fast, grads) if g is not None}
         return out.logits.detach(), loss.item(), grads
 
@@ -137,7 +138,7 @@ class InContextLearner:
         sequence's cache and fast weights. Returns only the new tokens. The cache is used up."""
         full = torch.cat([state.input_ids, input_ids], dim=1)
         with _reparametrize_module(self.model, state.fast_weights):
-            out = self.model.generate(full, past_key_values=state.cache, **generate_kwargs)
+            out = self.model.generate(full, **{CACHE_ARG: state.cache}, **generate_kwargs)
         state.cache = None
         return out[:, full.shape[1] :]
 
