@@ -13,7 +13,7 @@ setup(
     install_requires=[
         # A range that an installed torch already satisfies, so pip never replaces it.
         "torch>=2.4",
-        "transformers>=5.23,<6",
+        "transformers>=5.23.0,<6",
         "accelerate>=1.10",
         "datasets>=3.3",
         "safetensors>=0.4",
@@ -26,6 +26,6 @@ setup(
     },
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
-        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn"],
+        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "parameterized"],
     },
 )

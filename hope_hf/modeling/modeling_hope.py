@@ -168,7 +168,8 @@ class HopeTitansMixer(nn.Module):
         B, T, _ = projected.shape
         mixed, conv_state = self._conv(projected, conv_state)
         u, q = mixed.view(B, T, 2, self.num_heads, self.head_dim).unbind(2)
-        u, q = F.normalize(u, dim=-1), F.normalize(q, dim=-1)
+        # in fp32: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gave NaN
+        u, q = (F.normalize(t.float(), dim=-1).to(t.dtype) for t in (u, q))
         o, state, chunk_state = self_referential_gated_delta_rule(
             u, q, self.b_eta, self.b_alpha, state, self.chunk_size, self.eta_max, chunk_state, chunk_offset,
             mask, self.self_referential, self.detach_values,
