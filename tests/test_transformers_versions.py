@@ -122,6 +122,8 @@ for remote in (False, True):
     with torch.no_grad():
         torch.testing.assert_close(model(expected["ids"]).logits, expected["logits"], rtol=0, atol=1e-6)
     assert torch.equal(model.generate(expected["ids"], max_new_tokens=5, do_sample=False), expected["generated"])
+    outputs = model(expected["ids"], output_hidden_states=True, return_dict=False)
+    assert isinstance(outputs, tuple) and len(outputs[-1]) == model.config.num_hidden_layers + 1
 print("ok")
 """
 
@@ -141,7 +143,7 @@ def other_interpreter() -> str:
 @pytest.mark.parametrize("direction", ["newest_to_oldest", "oldest_to_newest"])
 def test_checkpoints_load_across_versions(direction, tmp_path):
     """Saved with one end of the range, loaded with the other (installed classes and remote code):
-    the same logits and greedy tokens."""
+    the same logits and greedy tokens, and transformers' output conventions."""
     other = other_interpreter()
     saver, loader = (sys.executable, other) if direction == "newest_to_oldest" else (other, sys.executable)
     versions = run_python(other, "import transformers; print(transformers.__version__)").strip()
