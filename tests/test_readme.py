@@ -12,7 +12,7 @@ BLOCKS = re.findall(r"<!-- runnable -->\s*```python\n(.*?)```", README.read_text
 
 
 def test_readme_has_runnable_examples():
-    assert len(BLOCKS) >= 3
+    assert len(BLOCKS) >= 1  # the quick start; docs/*.md hold the others (tests/test_docs.py)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
