@@ -11,6 +11,13 @@ from hope_hf import CMSSchedule, LlamaCMSForCausalLM
 from helpers import CONFIGS, random_ids, tiny_model
 from test_llama_cms import tiny_llama
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster, and much faster on a busy machine (conftest restores the count)."""
+    torch.set_num_threads(1)
+
+
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 TITANS = ["u_proj", "q_proj", "g_proj", "o_proj"]
 CMS = ["gate_proj", "up_proj", "down_proj"]
