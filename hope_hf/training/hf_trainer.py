@@ -62,9 +62,9 @@ class CMSScheduleCallback(TrainerCallback):
         self.schedule.after_optimizer_step()
 
     def on_save(self, args, state, control, **kwargs):
+        schedule_state = self.schedule.state_dict()  # every process (gathers FSDP shards)
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            torch.save(self.schedule.state_dict(), folder / SCHEDULE_FILE)
+            torch.save(schedule_state, Path(args.output_dir) / f"checkpoint-{state.global_step}" / SCHEDULE_FILE)
 
     def on_train_end(self, args, state, control, **kwargs):
         args.max_grad_norm = self._trainer_max_grad_norm
