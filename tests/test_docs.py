@@ -15,7 +15,7 @@ BLOCKS = [(page.name, i, block) for page in sorted(DOCS.glob("*.md"))
 
 def test_docs_have_runnable_examples():
     pages = {page for page, _, _ in BLOCKS}
-    assert {"peft.md", "trainer.md"} <= pages, pages
+    assert {"peft.md", "trainer.md", "distributed.md", "hub.md"} <= pages, pages
 
 
 @pytest.mark.parametrize("page,index,block", BLOCKS, ids=[f"{page}:{i}" for page, i, _ in BLOCKS])
