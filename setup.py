@@ -26,7 +26,7 @@ setup(
     },
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
-        "peft": ["peft>=0.21"],
-        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "peft>=0.21"],
+        "peft": ["peft>=0.18"],
+        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "peft>=0.18"],
     },
 )

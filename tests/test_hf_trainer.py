@@ -120,3 +120,16 @@ def test_resume_without_the_schedule_state_is_refused(tmp_path):
     trainer = Trainer(model=initial_model(), args=args, train_dataset=examples(), callbacks=[CMSScheduleCallback()])
     with pytest.raises(FileNotFoundError, match="held gradients"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def test_callback_on_a_lora_model_schedules_only_the_lora_level_weights(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(initial_model(), LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj", "o_proj"]))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    callback = CMSScheduleCallback()
+    Trainer(model=model, args=training_arguments(tmp_path), train_dataset=examples(), callbacks=[callback]).train()
+    held = [name for level in callback.schedule.levels for name, _ in level.params]
+    assert held and all(".lora_" in name for name in held)
+    assert callback.schedule.step_count == STEPS
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
