@@ -49,6 +49,9 @@ class CMSScheduleCallback(TrainerCallback):
         self.schedule = CMSSchedule(model, self.periods)  # after get_peft_model / freezing: trainable params only
         if state.global_step > 0:
             self._restore(args, state)
+        if args.fp16 and args.max_grad_norm:
+            raise ValueError("CMSScheduleCallback clips gradients itself and cannot unscale fp16 gradients: "
+                             "use bf16 (or fp32), or max_grad_norm=0")
         self._trainer_max_grad_norm = args.max_grad_norm
         self.max_grad_norm = args.max_grad_norm or 0.0
         args.max_grad_norm = 0.0  # the Trainer must not clip before the release; on_pre_optimizer_step clips
