@@ -26,6 +26,7 @@ setup(
     },
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
-        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "parameterized"],
+        "peft": ["peft>=0.18"],
+        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "parameterized", "peft>=0.18"],
     },
 )

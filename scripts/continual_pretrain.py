@@ -19,7 +19,8 @@ from accelerate import PartialState
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from hope_hf.data import sample_text_path, smollm2_gguf_path
 from hope_hf.training import build_datasets, train
-from hope_hf.training.cli import add_training_arguments, training_config
+from hope_hf.training.cli import add_training_arguments, training_config, training_results
+from hope_hf.training.hub import SMOLLM2_HUB_ID, finish_model_folder, model_card
 from hope_hf.training.continual import load_model_and_tokenizer, perplexity, train_only_new_levels
 
 
@@ -31,6 +32,8 @@ def main():
     parser.add_argument("--new-level-size", type=int, default=384)
     parser.add_argument("--pretrained-period", type=int, default=1_000_000, help="level 0 period (default: frozen in practice)")
     parser.add_argument("--train-everything", action="store_true", help="also train level 0, attention, embeddings, norms")
+    parser.add_argument("--base-model-id", default=None,
+                        help=f"the Hub id of the starting model, for the model card (default: {SMOLLM2_HUB_ID} for the default GGUF)")
     add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=40, batch_size=4,
                            learning_rate=3e-4, warmup_steps=4, eval_every=0, eval_batches=6, save_every=0)
     args = parser.parse_args()
@@ -57,7 +60,7 @@ def main():
                        for name, blocks in (("new domain", new_held_out), ("old domain", old_held_out))}
     before = measure() if not args.resume_from else None
     stamp("perplexity before training measured")
-    train(model, new_train, new_held_out, config, tokenizer)
+    state = train(model, new_train, new_held_out, config, tokenizer)
     stamp("training done")
     if not PartialState().is_main_process:
         return
@@ -73,6 +76,23 @@ def main():
     print("sample:", tokenizer.decode(sample[0], skip_special_tokens=True))
     results = {"before": before, "after": after, "sample": tokenizer.decode(sample[0], skip_special_tokens=True)}
     (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    measured = {f"held-out perplexity, {name}, {when}": values[name]
+                for when, values in (("before", before), ("after", after)) if values for name in values}
+    card = model_card(
+        model, f"`{source.name}` continual-pretrained on a new domain with `scripts/continual_pretrain.py` for "
+        f"{state.step} optimizer steps ({'all parameters' if args.train_everything else 'only the new CMS levels'} "
+        "trained), measuring forgetting on an old domain.",
+        training_data=f"new domain: {', '.join(Path(d).name for d in args.data)} ({len(new_train)} blocks of "
+                      f"{args.block_size} tokens); old domain (forgetting probe, not trained on): "
+                      f"{', '.join(Path(d).name for d in args.old_data)}",
+        results={**measured, **training_results(state.history)}, license=args.license,
+        base_model=args.base_model_id or (SMOLLM2_HUB_ID if not args.model else None),
+        model_name=args.hub_model_id or Path(args.output_dir).name,
+        details=f"\nGreedy sample after training: `{results['sample']}`\n",
+    )
+    finish_model_folder(Path(args.output_dir) / "final", card, push=args.push_to_hub,
+                        hub_model_id=args.hub_model_id or Path(args.output_dir).name,
+                        private=args.hub_private_repo)
     print(f"model saved to {Path(args.output_dir) / 'final'}; loss curve {Path(args.output_dir) / 'loss_curve.png'}")
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hope_hf
 from hope_hf.data import sample_text_path
+from hope_hf.training.hub import add_hub_arguments, finish_model_folder, model_card
 from hope_hf.training.tokenizer import train_bpe_tokenizer
 
 
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    add_hub_arguments(parser)
     args = parser.parse_args()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,16 @@ def main():
     print("generate():", tokenizer.decode(generated[0], skip_special_tokens=True))
     if not same:
         raise SystemExit("reloaded model differs from the trained one")
+    first_loss = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    card = model_card(
+        model, f"A tiny Hope model from `scripts/quickstart.py`: {args.steps} AdamW steps, a demonstration, not a useful model.",
+        training_data=f"the World English Bible sample embedded in hope_hf ({token_ids.numel():,} tokens, byte-level BPE "
+                      f"of {len(tokenizer)} tokens trained on it)",
+        results={"training loss, first step": first_loss, f"training loss, step {args.steps}": record["loss"]},
+        license=args.license, model_name=args.hub_model_id or "hope-quickstart",
+    )
+    finish_model_folder(out / "model", card, push=args.push_to_hub, hub_model_id=args.hub_model_id or "hope-quickstart",
+                        private=args.hub_private_repo)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from hope_hf import LlamaCMSForCausalLM
 from hope_hf.data import smollm2_gguf_path
+from hope_hf.training.hub import SMOLLM2_HUB_ID, add_hub_arguments, finish_model_folder, model_card
 
 
 def parse_level(text: str) -> dict:
@@ -51,6 +52,9 @@ def main():
     parser.add_argument("--pretrained-period", type=int, default=256)
     parser.add_argument("--variant", default="sequential", choices=["sequential", "independent", "nested"])
     parser.add_argument("--warm-start", action="store_true", help="new levels start from the pretrained MLP's rows")
+    parser.add_argument("--base-model-id", default=None,
+                        help=f"the Hub id of the Llama, for the model card (default: {SMOLLM2_HUB_ID} for the default GGUF)")
+    add_hub_arguments(parser)
     args = parser.parse_args()
 
     source = Path(args.model) if args.model else smollm2_gguf_path()
@@ -62,8 +66,20 @@ def main():
     tokenizer = load_tokenizer(source)
     model.save_pretrained(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
-    print(level_table(model))
+    table = level_table(model)
+    print(table)
     print(f"saved to {args.output_dir} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    card = model_card(
+        model, f"`{source.name}` with a Continuum Memory System in place of each MLP. Level 0 is the pretrained MLP; "
+        "the new levels' output projections start at zero, so before any training this model computes what the "
+        "Llama computed. Continual-pretrain it with `scripts/continual_pretrain.py`.",
+        training_data="none yet (a retrofit: the weights are the Llama's, plus new zero-output levels)",
+        base_model=args.base_model_id or (SMOLLM2_HUB_ID if not args.model else None), license=args.license,
+        model_name=args.hub_model_id or Path(args.output_dir).name,
+        details=f"\n## CMS levels\n\n```\n{table}\n```\n",
+    )
+    finish_model_folder(args.output_dir, card, push=args.push_to_hub, hub_model_id=args.hub_model_id,
+                        private=args.hub_private_repo)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ import argparse
 import json
 from pathlib import Path
 
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.data import sample_text_path
 from hope_hf.training import build_datasets, train, train_bpe_tokenizer
-from hope_hf.training.cli import add_training_arguments, training_config
+from hope_hf.training.cli import add_training_arguments, training_config, training_results
+from hope_hf.training.hub import finish_model_folder, model_card
 
 LEVELS = lambda size: [{"intermediate_size": size, "update_period": 1}, {"intermediate_size": size // 2, "update_period": 8}]
 PRESETS = {  # the paper's shapes (section 9.3) at the top; small ones for CPU runs and tests
@@ -74,7 +76,19 @@ def main():
     model = HopeForCausalLM(hope_config)
     print(f"HopeForCausalLM ({args.config or args.preset}): {sum(p.numel() for p in model.parameters()):,} parameters; "
           f"{len(train_blocks)} training blocks of {args.block_size} tokens, {len(held_out)} held out")
-    train(model, train_blocks, held_out, config, tokenizer)
+    state = train(model, train_blocks, held_out, config, tokenizer)
+    final = Path(args.output_dir) / "final"
+    if PartialState().is_main_process and final.exists() and state.step == config.max_steps:
+        card = model_card(
+            model, f"A Hope model ({args.config or 'preset ' + args.preset}) trained from scratch with "
+            f"`scripts/train.py` for {state.step} optimizer steps.",
+            training_data=f"{', '.join(Path(d).name for d in args.data)}: {len(train_blocks)} blocks of {args.block_size} "
+                          f"tokens ({len(held_out)} held out for the perplexity)",
+            results=training_results(state.history), license=args.license,
+            model_name=args.hub_model_id or Path(args.output_dir).name,
+        )
+        finish_model_folder(final, card, push=args.push_to_hub, hub_model_id=args.hub_model_id or Path(args.output_dir).name,
+                            private=args.hub_private_repo)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from huggingface_hub import ModelCard
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,3 +20,5 @@ def test_quickstart_trains_saves_reloads_and_generates(tmp_path):
     log = (tmp_path / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 5
     assert (tmp_path / "model" / "model.safetensors").exists()
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert card.data.library_name == "transformers" and "| training loss, step 5 |" in card.text

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from hope_hf.data import sample_text_path
@@ -59,6 +60,9 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
     # same global batches: losses and weights agree up to float summation order
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), atol=1e-5, rtol=0)
     one, two = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("one", "two"))
+    card = ModelCard.load(tmp_path / "two" / "final" / "README.md")  # written once, by the main process
+    assert card.data.pipeline_tag == "text-generation" and "hope" in card.data.tags
+    assert f"| training loss (step 3) | {losses(tmp_path / 'two')[-1]:.4g} |" in card.text
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
 
@@ -137,6 +141,12 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     assert (tmp_path / "out" / "loss_curve.png").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     assert model.config.model_type == "llama_cms" and [lv["name"] for lv in model.config.cms_levels] == ["pretrained", "fast"]
+    card = ModelCard.load(tmp_path / "out" / "final" / "README.md")
+    measured = {r.dataset_name: r.metric_value for r in card.data.eval_results}
+    expected = {f"held-out perplexity, {domain}, {when}": round(results[when][domain], 4)
+                for when in ("before", "after") for domain in ("new domain", "old domain")}
+    assert expected.items() <= measured.items()
+    assert "llama_cms" in card.data.tags and "new.txt" in card.text
 
 
 def test_txt_jsonl_and_parquet_give_the_same_blocks(tmp_path):

@@ -24,6 +24,27 @@ from torch import nn
 
 from .cms_levels import find_cms_levels, level_periods
 
+try:  # FSDP2 shards parameters (and so gradients) as DTensors
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch built without distributed support
+    DTensor = distribute_tensor = None
+
+
+def is_sharded(tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def portable(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain full tensor: a DTensor's shards are gathered (a collective: every process calls this)."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor.clone()
+
+
+def like(saved: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``saved`` (a full tensor) laid out as ``param``: on its device, sharded as it is (a collective for DTensors)."""
+    if is_sharded(param):
+        return distribute_tensor(saved.to(param.device_mesh.device_type), param.device_mesh, param.placements)
+    return saved.to(param.device)
+
 
 class CMSSchedule:
     def __init__(self, model: nn.Module, periods=None):
@@ -94,23 +115,25 @@ class CMSSchedule:
             store[name] = grad.detach().clone()
 
     def state_dict(self) -> dict:
+        """Plain full tensors, the same in every process; under FSDP every process must call this."""
         return {
             "step_count": self.step_count,
             "periods": level_periods(self.levels),
-            "held": {k: v.clone() for k, v in self.held.items()},
-            "meta_held": {k: v.clone() for k, v in self.meta_held.items()},
-            "initial_states": {k: v.clone() for k, v in self.initial_states.items()},
+            "held": {k: portable(v) for k, v in self.held.items()},
+            "meta_held": {k: portable(v) for k, v in self.meta_held.items()},
+            "initial_states": {k: portable(v) for k, v in self.initial_states.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Under FSDP every process must call this (the saved tensors are sharded as the parameters are)."""
         if state["periods"] != level_periods(self.levels):
             raise ValueError(
                 "this CMSSchedule state was built for another model or other periods: "
                 f"saved levels {state['periods']}, this schedule's {level_periods(self.levels)}"
             )
-        device = {name: p.device for level in self.levels for name, p in level.params}
-        to_device = lambda d: {k: v.to(device[k]) for k, v in d.items()}
+        params = {name: p for level in self.levels for name, p in level.params}
+        laid_out = lambda d: {k: like(v, params[k]) for k, v in d.items()}
         self.step_count = state["step_count"]
-        self.held = to_device(state["held"])
-        self.meta_held = to_device(state["meta_held"])
-        self.initial_states = to_device(state["initial_states"])
+        self.held = laid_out(state["held"])
+        self.meta_held = laid_out(state["meta_held"])
+        self.initial_states = laid_out(state["initial_states"])

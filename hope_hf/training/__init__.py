@@ -1,7 +1,8 @@
 """Training: data pipeline and the Accelerate loop used by scripts/. Modeling never imports this."""
 
 from .data import build_datasets, load_documents, pack_blocks
+from .hf_trainer import CMSScheduleCallback
 from .tokenizer import train_bpe_tokenizer
 from .trainer import TrainingConfig, TrainerState, evaluate, plot_losses, train
 
-__all__ = ["train_bpe_tokenizer", "TrainingConfig", "TrainerState", "build_datasets", "evaluate", "load_documents", "pack_blocks", "plot_losses", "train"]
+__all__ = ["CMSScheduleCallback", "train_bpe_tokenizer", "TrainingConfig", "TrainerState", "build_datasets", "evaluate", "load_documents", "pack_blocks", "plot_losses", "train"]

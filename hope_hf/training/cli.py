@@ -2,6 +2,7 @@
 
 import argparse
 
+from .hub import add_hub_arguments
 from .trainer import TrainingConfig, check_resumable
 
 
@@ -24,6 +25,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--num-proc", type=int, default=None, help="processes for tokenisation")
     parser.add_argument("--resume-from", default=None, help="a checkpoints/step_N folder of an earlier run")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    add_hub_arguments(parser)
+
+
+def training_results(history: list[dict]) -> dict[str, float]:
+    """The last training loss and held-out perplexity of a run's history (for the model card)."""
+    results = {}
+    losses = [r for r in history if "loss" in r]
+    if losses:
+        results[f"training loss (step {losses[-1]['step']})"] = losses[-1]["loss"]
+    evals = [r for r in history if "eval_perplexity" in r]
+    if evals:
+        results[f"held-out perplexity (step {evals[-1]['step']})"] = evals[-1]["eval_perplexity"]
+    return results
 
 
 def training_config(args) -> TrainingConfig:

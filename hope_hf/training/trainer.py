@@ -144,6 +144,8 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
 
     def save_checkpoint() -> Path:
         path = output_dir / "checkpoints" / f"step_{state.step}"
+        if accelerator.is_fsdp2:
+            materialize_adam_state(optimizer)
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
             payload = {"format": STATE_FORMAT, **asdict(state), "config": asdict(config)}
@@ -193,9 +195,10 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
         log({"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)})
     if not (config.save_every and state.step % config.save_every == 0):
         save_checkpoint()
+    full_state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers the shards here
     if accelerator.is_main_process:
         final = output_dir / "final"
-        accelerator.unwrap_model(model).save_pretrained(final)
+        accelerator.unwrap_model(model).save_pretrained(final, state_dict=full_state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(final)
         plot_losses(log_path, output_dir / "loss_curve.png")
@@ -209,6 +212,30 @@ def build_optimizer(model, config: TrainingConfig) -> torch.optim.Optimizer:
                              adamw_lr=config.learning_rate, adamw_weight_decay=config.weight_decay)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def materialize_adam_state(optimizer) -> None:
+    """Give every parameter without optimizer state the state Adam(W)'s first step creates.
+
+    A CMS level that has not pulsed yet has had no optimizer step, so it has no state. FSDP2's
+    sharded checkpoints load through torch.distributed.checkpoint, which first creates a state for
+    every parameter and then requires the checkpoint to hold each ("Missing key in checkpoint
+    state_dict: optimizer.state.<level>.step"). Step 0 and zero moments are exactly what Adam's
+    lazy initialisation would create, so the training is unchanged.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+    if not isinstance(inner, torch.optim.Adam):  # AdamW subclasses Adam
+        return
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if inner.state[p] or not p.requires_grad:
+                continue
+            on_device = group["capturable"] or group["fused"]
+            step = torch.zeros((), device=p.device) if on_device else torch.tensor(0.0)
+            state = {"step": step, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p)
+            inner.state[p] = state
 
 
 def optimizer_step(model, optimizer, schedule, accelerator, max_grad_norm) -> None:
