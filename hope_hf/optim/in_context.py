@@ -39,19 +39,44 @@ class ReadingState:
     segment_losses: list[float] = field(default_factory=list)  # mean next-token loss per segment
     updates: dict[str, int] = field(default_factory=dict)  # level name -> number of steps taken
     initial_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # nested: children's initial states
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # rule "adam": (m, v)
+
+
+UPDATE_RULES = ("sgd", "adam")
 
 
 class InContextLearner:
-    def __init__(self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None):
+    def __init__(
+        self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None, rule: str = "sgd",
+        max_grad_norm: float | None = None, decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         """
         Args:
             model: a causal LM with CMS modules (HopeForCausalLM, LlamaCMSForCausalLM).
             lr: one learning rate for every level, or a list with one per level index.
             segment_size: tokens read per forward; level periods count segments.
             periods: as in ``find_cms_levels`` (default: the config's ``update_period``), in segments.
+            rule: the step a level takes at its pulse from g, its mean next-token gradient over
+                its chunk. "sgd": lr * g (Eq 71 with SGD; the exact rule). "adam": lr * m / (sqrt(v) + eps)
+                with bias-corrected moments of g kept per sequence in the reading state, so every
+                weight moves at most about lr per step whatever the gradient's scale.
+            max_grad_norm: if set, g is clipped to this norm per level (over the level's weights).
+            decay: after each step, the fast weights move back toward their initial state by this
+                fraction (the CMS forgetting gate): W <- W0 + (1 - decay) (W - W0). In [0, 1).
+            betas, eps: of rule "adam".
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 2:
             raise ValueError(f"segment_size must be an int >= 2, got {segment_size!r}")
+        if rule not in UPDATE_RULES:
+            raise ValueError(f"rule must be one of {UPDATE_RULES}, got {rule!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must both be in [0, 1), got {betas!r}")
+        self.rule, self.max_grad_norm, self.decay, self.betas, self.eps = rule, max_grad_norm, float(decay), betas, eps
         self.model = model
         self.segment_size = segment_size
         self.levels = find_cms_levels(model, periods)
@@ -118,19 +143,47 @@ class InContextLearner:
         for level in self.levels:
             if level.period is None or segment_index % level.period != 0:
                 continue
-            lr = self.lrs[level.index] / max(tokens_held[level.name], 1)
-            for name, _ in level.params:
-                state.fast_weights[name] = state.fast_weights[name] - lr * held[name]
+            tokens = max(tokens_held[level.name], 1)
+            mean_grads = {name: held[name] / tokens for name, _ in level.params}
+            state.updates[level.name] += 1
+            for name, step in self._steps(level, mean_grads, state).items():
+                state.fast_weights[name] = self._decayed(name, state.fast_weights[name] - step, initial)
                 held[name].zero_()
             tokens_held[level.name] = 0
-            state.updates[level.name] += 1
             if level.child is not None:  # Eq 72: reset the child to its (moved) initial state
+                lr = self.lrs[level.index] / tokens  # the meta step is plain SGD
                 for name, _ in level.child.params:
                     initial[name] = initial[name] - lr * meta_held[name]
                     meta_held[name].zero_()
                     held[name].zero_()
                     state.fast_weights[name] = initial[name].clone()
                 tokens_held[level.child.name] = 0
+
+    def _steps(self, level, mean_grads: dict, state: ReadingState) -> dict:
+        """What each of ``level``'s fast weights subtracts at its pulse, by ``self.rule``."""
+        lr = self.lrs[level.index]
+        if self.max_grad_norm is not None:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean_grads.values()]))
+            scale = (self.max_grad_norm / (norm + 1e-12)).clamp(max=1.0)
+            mean_grads = {name: g * scale for name, g in mean_grads.items()}
+        if self.rule == "sgd":
+            return {name: lr * g for name, g in mean_grads.items()}
+        (beta1, beta2), count = self.betas, state.updates[level.name]
+        steps = {}
+        for name, g in mean_grads.items():
+            m, v = state.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+            m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+            state.moments[name] = (m, v)
+            m_hat, v_hat = m / (1 - beta1**count), v / (1 - beta2**count)
+            steps[name] = lr * m_hat / (v_hat.sqrt() + self.eps)
+        return steps
+
+    def _decayed(self, name: str, weight: torch.Tensor, initial: dict) -> torch.Tensor:
+        """The forgetting gate: back toward the weight's initial state by ``self.decay``."""
+        if not self.decay:
+            return weight
+        start = initial[name] if name in initial else self.model.get_parameter(name).detach()
+        return start + (1 - self.decay) * (weight - start)
 
     @torch.no_grad()
     def generate(self, state: ReadingState, input_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
