@@ -8,17 +8,18 @@ why the feature does not apply.
 
 import sys
 import unittest
+from pathlib import Path
 
 import torch
-from parameterized import parameterized
 import transformers
+from parameterized import parameterized
 from transformers.models.auto import modeling_auto
 
 from hope_hf import HopeConfig, HopeForCausalLM, HopeModel, LlamaCMSConfig, LlamaCMSForCausalLM
 
 from helpers import TWO_LEVELS
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / ".cache" / "transformers_tests" / transformers.__version__))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".cache" / "transformers_tests" / transformers.__version__))
 try:
     from transformers_tests.test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
 except ImportError as error:  # pragma: no cover - the set-up fetches them
@@ -56,47 +57,42 @@ class TinyTester:
 HOPE_FIELDS = dict(titans_chunk_size=4, cms_levels=TWO_LEVELS)
 
 
-class HopeCommonTests(ModelTesterMixin):
-    """Shared by the Hope variants; subclasses set the mixer."""
+class InTreeModelTests(ModelTesterMixin):
+    """ModelTesterMixin knows in-tree models by the class names in transformers' auto mappings (a base
+    model is skipped where it has no head to train, labels are made for causal LMs): ours are listed
+    there for the duration of a test class."""
 
-    all_model_classes = (HopeModel, HopeForCausalLM)
-    config_fields: dict = {}
     # transformers' generation suite (tests/generation) is not in the sdist; generate() with the
     # recurrent cache is tested in tests/test_modeling.py and tests/test_in_context.py.
     all_generative_model_classes = ()
-    test_resize_embeddings = True
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        mark_as_in_tree(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        unmark_as_in_tree(cls)
-        super().tearDownClass()
-
-    def setUp(self):
-        self.model_tester = TinyTester(self, HopeConfig, **HOPE_FIELDS, **self.config_fields)
-
-
-def mark_as_in_tree(cls):
-    """ModelTesterMixin knows in-tree models by the class names in transformers' auto mappings (a base
-    model is skipped where it has no head to train, labels are made for causal LMs): list ours there
-    for the duration of a test class."""
-    cls._marked = [
+    IN_TREE_NAMES = [
         (modeling_auto.MODEL_MAPPING_NAMES, "hope", "HopeModel"),
         (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "hope", "HopeForCausalLM"),
         (modeling_auto.MODEL_MAPPING_NAMES, "llama_cms", "LlamaCMSModel"),
         (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "llama_cms", "LlamaCMSForCausalLM"),
     ]
-    for mapping, key, name in cls._marked:
-        mapping[key] = name
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        for mapping, key, name in cls.IN_TREE_NAMES:
+            mapping[key] = name
+
+    @classmethod
+    def tearDownClass(cls):
+        for mapping, key, _ in cls.IN_TREE_NAMES:
+            mapping.pop(key, None)
+        super().tearDownClass()
 
 
-def unmark_as_in_tree(cls):
-    for mapping, key, _ in cls._marked:
-        mapping.pop(key, None)
+class HopeCommonTests(InTreeModelTests):
+    """Shared by the Hope variants; subclasses set the mixer."""
+
+    all_model_classes = (HopeModel, HopeForCausalLM)
+    config_fields: dict = {}
+
+    def setUp(self):
+        self.model_tester = TinyTester(self, HopeConfig, **HOPE_FIELDS, **self.config_fields)
 
 
 class TestHopeTitansCommon(HopeCommonTests, unittest.TestCase):
@@ -131,19 +127,8 @@ class TestHopeHybridCommon(HopeCommonTests, unittest.TestCase):
                 self.assertEqual(list(outputs.attentions[0].shape[-3:]), [config.num_attention_heads, T, T])
 
 
-class TestLlamaCMSCommon(ModelTesterMixin, unittest.TestCase):
+class TestLlamaCMSCommon(InTreeModelTests, unittest.TestCase):
     all_model_classes = (LlamaCMSForCausalLM,)
-    all_generative_model_classes = ()  # as above: the generation suite is not in the sdist
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        mark_as_in_tree(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        unmark_as_in_tree(cls)
-        super().tearDownClass()
 
     def setUp(self):
         self.model_tester = TinyTester(
