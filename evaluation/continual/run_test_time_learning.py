@@ -1,0 +1,98 @@
+"""Test-time learning on a real model: SmolLM2-135M-Instruct retrofitted with one new fast CMS level
+(as the main job does, output starting at zero) reads the last tokens of a held-out document with
+``InContextLearner``; next-token loss per segment with and without test-time updates, per rule.
+
+    python evaluation/continual/run_test_time_learning.py            # writes evaluation/results/test_time_learning_smollm2.{json,png}
+
+Only the new level learns while reading (the pretrained MLP, level 0, is frozen: period None).
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hope_hf import InContextLearner
+from hope_hf.data import sample_text_path, smollm2_gguf_path
+from hope_hf.training.continual import load_model_and_tokenizer
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# (label, InContextLearner options); lr 0 is plain reading
+RULES = [
+    ("plain reading", dict(lr=0.0)),
+    ("sgd lr 1e-4", dict(lr=1e-4, rule="sgd")),
+    ("adam lr 1e-5", dict(lr=1e-5, rule="adam", max_grad_norm=1.0)),
+    ("adam lr 1e-4", dict(lr=1e-4, rule="adam", max_grad_norm=1.0)),
+    ("adam lr 1e-3", dict(lr=1e-3, rule="adam", max_grad_norm=1.0)),
+    ("adam lr 1e-4, decay 0.1", dict(lr=1e-4, rule="adam", max_grad_norm=1.0, decay=0.1)),
+]
+DOCUMENTS = {"Spanish": "rv1909_es_sample", "English": "web_en_sample"}
+
+
+def halves(losses: list[float]) -> tuple[float, float]:
+    middle = len(losses) // 2
+    return sum(losses[:middle]) / middle, sum(losses[middle:]) / (len(losses) - middle)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=1536, help="read the last TOKENS tokens of each document")
+    parser.add_argument("--segment-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=str(RESULTS / "test_time_learning_smollm2"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(smollm2_gguf_path(), new_level_size=384, pretrained_period=1_000_000)
+    model.eval()
+    runs = []
+    for document, name in DOCUMENTS.items():
+        ids = tokenizer(sample_text_path(name).read_text(), return_tensors="pt").input_ids[:, -args.tokens :]
+        for label, options in tqdm(RULES, desc=document):
+            learner = InContextLearner(model, segment_size=args.segment_size, periods=[None, 1], **options)
+            losses = learner.read(ids)[0].segment_losses
+            first, second = halves(losses)
+            runs.append({"document": document, "rule": label, "options": options, "segment_losses": losses,
+                         "first_half": first, "second_half": second})
+            print(f"{document:8s} {label:26s} first half {first:.4f}  second half {second:.4f}", flush=True)
+    for run in runs:
+        plain = next(r for r in runs if r["document"] == run["document"] and r["options"]["lr"] == 0)
+        run["second_half_vs_plain"] = run["second_half"] / plain["second_half"] - 1
+        run["first_segment_vs_plain"] = run["segment_losses"][0] / plain["segment_losses"][0] - 1
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "model": "SmolLM2-135M-Instruct + fast level 384",
+        "tokens": args.tokens, "segment_size": args.segment_size, "duration_s": round(time.perf_counter() - start, 1),
+        "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "runs": runs,
+    }
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    plot(runs, Path(args.out + ".png"))
+    print(f"wrote {args.out}.json and .png in {result['duration_s']} s")
+
+
+def plot(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    documents = list(dict.fromkeys(r["document"] for r in runs))
+    fig, axes = plt.subplots(1, len(documents), figsize=(6 * len(documents), 4), squeeze=False)
+    for ax, document in zip(axes[0], documents):
+        for run in (r for r in runs if r["document"] == document):
+            ax.plot(range(1, len(run["segment_losses"]) + 1), run["segment_losses"], marker="o", ms=3, label=run["rule"])
+        ax.set(title=f"{document}: loss per segment while reading", xlabel="segment", ylabel="next-token loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
