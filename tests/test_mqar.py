@@ -162,7 +162,7 @@ def load_sweep():
 
 def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
     sweep = load_sweep()
-    tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
+    tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16", "--head-dim", "8", "--num-layers", "1",
             "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "3e-3",
             "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "2"]
     report = sweep.main(tiny + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",

@@ -59,12 +59,15 @@ def parse_task(text: str) -> tuple[int, int]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(MIXER_VARIANTS), choices=[*MIXER_VARIANTS, *ABLATIONS])
-    parser.add_argument("--widths", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--variants", nargs="+", default=[*MIXER_VARIANTS, "titans_init_std_0.3", "titans_decay_0.99"],
+                        choices=[*MIXER_VARIANTS, *ABLATIONS])
+    parser.add_argument("--widths", nargs="+", type=int, default=[128, 64])
+    parser.add_argument("--ablation-widths", nargs="+", type=int, default=[64],
+                        help="the widths at which the titans ablations (ABLATIONS) run")
     parser.add_argument("--tasks", nargs="+", type=parse_task, default=[(64, 8)], help="SEQLENxPAIRS, e.g. 64x8 256x32")
     parser.add_argument("--learning-rates", nargs="+", type=float, default=[1e-3],
                         help="tried in order; a cell stops trying once one reaches --stop-accuracy")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--stop-accuracy", type=float, default=0.99, help="a run ends early once it evaluates at this")
     parser.add_argument("--vocab-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
@@ -76,7 +79,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sanity", nargs=4, type=float, default=[128, 64, 8, 1e-3], metavar=("WIDTH", "SEQ", "PAIRS", "LR"),
                         help="attention's sanity setting (trained for --sanity-steps)")
-    parser.add_argument("--sanity-steps", type=int, default=2500)
+    parser.add_argument("--sanity-steps", type=int, default=4000)
     parser.add_argument("--sanity-accuracy", type=float, default=0.99)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
@@ -165,6 +168,8 @@ def main(argv=None):
     for seq_len, pairs in args.tasks:
         for width in args.widths:
             for variant in args.variants:
+                if variant in ABLATIONS and width not in args.ablation_widths:
+                    continue
                 for learning_rate in args.learning_rates:
                     if (variant, width, seq_len, pairs, learning_rate, args.steps) == sanity_key:
                         run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
