@@ -162,10 +162,12 @@ def load_sweep():
 
 def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
     sweep = load_sweep()
-    tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16", "--head-dim", "8", "--num-layers", "1",
+    tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
+            "--head-dim", "8", "--num-layers", "1",
             "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "3e-3",
-            "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "2"]
-    report = sweep.main(tiny + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",
+            "--sanity-steps", "2"]
+    tiny_sanity = ["--sanity", "16", "16", "2", "1e-3"]
+    report = sweep.main(tiny + tiny_sanity + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",
                                 "--output", str(tmp_path / "sweep.json")])
     assert report["sanity"]["passed"] and report["command"].startswith("python evaluation/mqar/run_mqar_sweep.py")
     assert [(r["variant"], r["learning_rate"]) for r in report["runs"]] == [
@@ -175,7 +177,13 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["best"] == report["best"]
     assert (tmp_path / "sweep.png").stat().st_size > 1000
 
+    again = sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
+                               "--sanity-from", str(tmp_path / "sweep.json"), "--output", str(tmp_path / "again.json")])
+    assert again["sanity"]["eval"] == report["sanity"]["eval"] and again["sanity"]["reused_from"].endswith("sweep.json")
+    with pytest.raises(SystemExit, match="does not match"):
+        sweep.main(tiny + ["--sanity", "16", "16", "2", "3e-3", "--sanity-from", str(tmp_path / "sweep.json"),
+                                "--output", str(tmp_path / "other.json")])
     with pytest.raises(SystemExit) as refused:
-        sweep.main(tiny + ["--variants", "titans", "--sanity-accuracy", "1.01", "--output", str(tmp_path / "no.json")])
+        sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--sanity-accuracy", "1.01", "--output", str(tmp_path / "no.json")])
     assert refused.value.code == 2
     assert json.loads((tmp_path / "no.json").read_text())["runs"] == [] and not (tmp_path / "no.png").exists()

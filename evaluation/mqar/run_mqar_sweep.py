@@ -81,6 +81,8 @@ def parse_args(argv=None):
                         help="attention's sanity setting (trained for --sanity-steps)")
     parser.add_argument("--sanity-steps", type=int, default=4000)
     parser.add_argument("--sanity-accuracy", type=float, default=0.99)
+    parser.add_argument("--sanity-from", type=Path, default=None,
+                        help="reuse the sanity run recorded in this sweep JSON (same settings required) instead of rerunning it")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
     return parser.parse_args(argv)
@@ -131,6 +133,15 @@ def plot(best: dict, tasks, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def recorded_sanity(args, width: int, seq_len: int, pairs: int, learning_rate: float) -> dict:
+    """The sanity run of an earlier sweep, if it was made with the settings asked for now."""
+    sanity = json.loads(args.sanity_from.read_text())["sanity"]
+    asked = dict(width=width, seq_len=seq_len, num_kv_pairs=pairs, learning_rate=learning_rate, steps=args.sanity_steps)
+    if any(sanity[key] != value for key, value in asked.items()):
+        raise SystemExit(f"--sanity-from {args.sanity_from}: its sanity run does not match {asked}")
+    return {**sanity, "reused_from": str(args.sanity_from)}
+
+
 def write_report(report: dict, args, started: float) -> None:
     """The JSON (every run, the best per cell, the duration so far) and the PNG."""
     best = best_by_cell(report["runs"])
@@ -151,9 +162,12 @@ def main(argv=None):
     command = "python evaluation/mqar/run_mqar_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     width, seq_len, pairs, lr = args.sanity
-    sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
+    if args.sanity_from is None:
+        sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
+    else:
+        sanity = recorded_sanity(args, int(width), int(seq_len), int(pairs), lr)
     sanity["passed"] = sanity["accuracy"] >= args.sanity_accuracy
-    report = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "output"},
+    report = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
               "platform": platform.platform(), "torch": torch.__version__, "sanity": sanity, "runs": []}
     report["settings"]["tasks"] = [f"{s}x{p}" for s, p in args.tasks]
     args.output.parent.mkdir(parents=True, exist_ok=True)
