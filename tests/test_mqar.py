@@ -180,6 +180,11 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
     again = sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
                                "--sanity-from", str(tmp_path / "sweep.json"), "--output", str(tmp_path / "again.json")])
     assert again["sanity"]["eval"] == report["sanity"]["eval"] and again["sanity"]["reused_from"].endswith("sweep.json")
+    resumed = sweep.main(tiny + tiny_sanity + [
+        "--variants", "titans", "gated_deltanet", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
+        "--resume", "--output", str(tmp_path / "again.json")])
+    assert [r["variant"] for r in resumed["runs"]] == ["titans", "gated_deltanet"]  # the titans cell is not rerun
+    assert resumed["runs"][0] == again["runs"][0] and resumed["command"].count("run_mqar_sweep.py") == 2
     with pytest.raises(SystemExit, match="does not match"):
         sweep.main(tiny + ["--sanity", "16", "16", "2", "3e-3", "--sanity-from", str(tmp_path / "sweep.json"),
                                 "--output", str(tmp_path / "other.json")])

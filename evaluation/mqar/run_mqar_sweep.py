@@ -83,6 +83,8 @@ def parse_args(argv=None):
     parser.add_argument("--sanity-accuracy", type=float, default=0.99)
     parser.add_argument("--sanity-from", type=Path, default=None,
                         help="reuse the sanity run recorded in this sweep JSON (same settings required) instead of rerunning it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep in --output: keep its sanity run and runs, skip the cells it has")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
     return parser.parse_args(argv)
@@ -162,6 +164,9 @@ def main(argv=None):
     command = "python evaluation/mqar/run_mqar_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     width, seq_len, pairs, lr = args.sanity
+    previous = json.loads(args.output.read_text()) if args.resume and args.output.exists() else None
+    if previous is not None:
+        args.sanity_from = args.output
     if args.sanity_from is None:
         sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
     else:
@@ -178,6 +183,11 @@ def main(argv=None):
               f"(width {width:g}, {seq_len:g}x{pairs:g}, lr {lr:g}, {args.sanity_steps} steps); not comparing")
         raise SystemExit(2)
 
+    if previous is not None:  # every invocation's command and duration stay on record
+        report["runs"] = previous["runs"]
+        report["command"] = previous["command"] + " ; " + command
+        started -= previous["duration_s"]
+    done = {(r["variant"], r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"]) for r in report["runs"]}
     sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
     for seq_len, pairs in args.tasks:
         for width in args.widths:
@@ -185,7 +195,10 @@ def main(argv=None):
                 if variant in ABLATIONS and width not in args.ablation_widths:
                     continue
                 for learning_rate in args.learning_rates:
-                    if (variant, width, seq_len, pairs, learning_rate, args.steps) == sanity_key:
+                    cell = (variant, width, seq_len, pairs, learning_rate, args.steps)
+                    if cell in done:
+                        continue
+                    if cell == sanity_key:
                         run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
                     else:
                         run = train_cell(args, variant, width, seq_len, pairs, learning_rate, args.steps)
