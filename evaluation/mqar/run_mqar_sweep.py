@@ -121,15 +121,19 @@ def best_by_cell(runs: list[dict]) -> dict:
 def plot(best: dict, tasks, title: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, (seq_len, pairs) in zip(axes[0], tasks):
-        for variant in dict.fromkeys(key[0] for key in best):
+        for i, variant in enumerate(dict.fromkeys(key[0] for key in best)):
             cells = sorted((w, r["accuracy"]) for (v, s, p, w), r in best.items() if (v, s, p) == (variant, seq_len, pairs))
-            if cells:
-                ax.plot(*zip(*cells), marker="o", label=variant)
+            if cells:  # widths nudged apart per variant so that equal points stay visible
+                widths, accuracies = zip(*cells)
+                ax.plot([w * 1.04**i for w in widths], accuracies, marker="o", label=variant)
         ax.axhline(1 / pairs, color="gray", linestyle=":", linewidth=1, label="chance 1/pairs")
         ax.set(xscale="log", xlabel="model width", ylabel="held-out answer accuracy", ylim=(0, 1.02),
                title=f"seq len {seq_len}, {pairs} kv pairs")
+        widths = sorted({w for (v, s, p, w) in best if (s, p) == (seq_len, pairs)})
+        ax.set_xticks(widths, [str(w) for w in widths], minor=False)
+        ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="center left")
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
