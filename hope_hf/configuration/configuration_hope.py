@@ -69,6 +69,14 @@ class HopeConfig(PreTrainedConfig):
             like ablation); the memory read-out still learns in context.
         titans_detach_values (`bool`):
             Stop-gradient on the memories' self-generated values.
+        titans_memory_init_std (`float`, *optional*):
+            Std of the initial memories' deviation from identity (the meta-learned W_box,0).
+            None uses `initializer_range`; near 0, k = v = u at start and the first writes are ~0.
+        titans_decay_init_min, titans_decay_init_max (`float`):
+            Decays alpha = sigmoid(b_alpha) at initialisation, spread linearly over the heads
+            from min to max (short to long memory), both in (0, 1).
+        titans_eta_init (`float`):
+            Learning rate at initialisation as a fraction of `titans_eta_max` (sets b_eta), in (0, 1).
         cms_levels (`list[dict]`, *optional*):
             Continuum Memory System levels in the order they are applied, each {"intermediate_size": int, "update_period": int}; the period is in
             optimizer steps for training and in tokens for test-time learning (Eq 71).
@@ -114,6 +122,10 @@ class HopeConfig(PreTrainedConfig):
     titans_conv_size: int = 4
     titans_self_referential: bool = True
     titans_detach_values: bool = False
+    titans_memory_init_std: float | None = None
+    titans_decay_init_min: float = 0.9
+    titans_decay_init_max: float = 0.999
+    titans_eta_init: float = 0.5
     cms_levels: list[dict] | None = None
     cms_variant: str = "sequential"
 
@@ -172,6 +184,16 @@ class HopeConfig(PreTrainedConfig):
             raise ValueError(f"`sliding_window` must be None or an int >= 1, got {self.sliding_window!r}")
         if not self.titans_eta_max > 0:
             raise ValueError(f"`titans_eta_max` must be > 0, got {self.titans_eta_max!r}")
+        if self.titans_memory_init_std is not None and not self.titans_memory_init_std >= 0:
+            raise ValueError(f"`titans_memory_init_std` must be None or >= 0, got {self.titans_memory_init_std!r}")
+        for field in ("titans_decay_init_min", "titans_decay_init_max", "titans_eta_init"):
+            if not 0 < getattr(self, field) < 1:
+                raise ValueError(f"`{field}` must be in (0, 1), got {getattr(self, field)!r}")
+        if self.titans_decay_init_min > self.titans_decay_init_max:
+            raise ValueError(
+                f"`titans_decay_init_min` ({self.titans_decay_init_min}) must be <= `titans_decay_init_max` "
+                f"({self.titans_decay_init_max})"
+            )
         validate_choice("cms_variant", self.cms_variant, CMS_VARIANTS)
         validate_cms_levels(self.cms_levels)
 

@@ -1,21 +1,24 @@
 """Multi-query associative recall (MQAR; Arora et al. 2023, "Zoology") and a small training loop
 to compare mixers on it.
 
-A sequence first lists ``num_kv_pairs`` key/value pairs, then asks every key again, in a random
-order, at random places of the rest of the sequence; the model must answer each query with the
-value that followed that key. Only the answers are scored (labels are -100 elsewhere).
+A sequence first lists ``num_kv_pairs`` key/value pairs; then every key is asked once more, at
+a power-law distributed distance into the query region, and the model must answer with the
+value that followed that key. The answer is a label only: the input holds filler (0) at the
+scored position, so nothing in the input tells which pairs were already asked (a model cannot
+score above chance by elimination or by copying any value seen).
 
-    k1 v1 k2 v2 ... kN vN   0 0 k2 v2 0 k1 v1 0 0 ... kN vN 0
+    input   k1 v1 k2 v2 ... kN vN  0 0 k2 0 0 0 k1 0 ... kN 0 0
+    labels   .  .  .  .      .  .  . . .  v2 . . .  v1 ...  . vN .   (-100 where '.')
 
-Layout (as Zoology, with the answers also present in the input so that the sequence reads as a
-normal language-model sample): token 0 is filler, keys come from [1, vocab_size // 2), values
-from [vocab_size // 2, vocab_size); keys and values are distinct within a sequence. Labels
-follow the Hugging Face convention (``labels[t]`` is predicted from position t - 1), so the
-label of each query-answer position is its value and the model's prediction is read at the
-query key.
+As in Zoology: token 0 is filler, keys come from [1, vocab_size // 2), values from
+[vocab_size // 2, vocab_size), distinct within a sequence; the query of pair i sits at
+2N + 2 * gap_i with the gaps drawn without replacement from [0, (seq_len - 2N) // 2) with
+probability ~ (gap + 1) ** (power_a - 1) (power_a = 0.01: mostly early). Unlike Zoology's
+default, the filler stays 0 (no random tokens). Labels follow the Hugging Face convention
+(``labels[t]`` is predicted at position t - 1, i.e. at the query key).
 
     task = MQARTask(vocab_size=128, seq_len=64, num_kv_pairs=8)
-    history = train_mqar(mqar_model_config("titans", task), task, steps=200)
+    run = train_mqar(lambda: mqar_model("titans", task), task, steps=200)
 """
 
 from __future__ import annotations
@@ -29,23 +32,26 @@ from tqdm.auto import tqdm
 IGNORE_INDEX = -100
 FILLER_TOKEN = 0
 
-# The three mixers compared: self-referential Titans, attention, and Titans with projections
-# frozen to their meta-learned initial memories (a Gated-DeltaNet-like ablation).
+# Mixers compared inside the same Hope block. gated_deltanet swaps the titans mixer for the
+# plain Gated DeltaNet of hope_hf.evaluation.gated_deltanet (an evaluation baseline).
 MIXER_VARIANTS = {
-    "titans": dict(mixer="titans"),
     "attention": dict(mixer="attention"),
+    "gated_deltanet": dict(mixer="titans"),
+    "titans": dict(mixer="titans"),
     "titans_static": dict(mixer="titans", titans_self_referential=False),
+    "hybrid": dict(mixer=["titans", "attention"]),
 }
 
 
 @dataclass(frozen=True)
 class MQARTask:
-    """Shape of the synthetic task. Needs seq_len >= 4 * num_kv_pairs (pairs + one slot of two
-    tokens per query) and num_kv_pairs < vocab_size // 2 (distinct keys and values)."""
+    """Shape of the synthetic task. Needs seq_len >= 4 * num_kv_pairs (Zoology's bound: the pairs,
+    then two slots per query) and num_kv_pairs < vocab_size // 2 (distinct keys, 0 is filler)."""
 
     vocab_size: int = 128
     seq_len: int = 64
     num_kv_pairs: int = 8
+    power_a: float = 0.01
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "num_kv_pairs"):
@@ -53,16 +59,25 @@ class MQARTask:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.seq_len < 4 * self.num_kv_pairs:
-            raise ValueError(f"seq_len must be >= 4 * num_kv_pairs = {4 * self.num_kv_pairs} (the pairs, then a key "
-                             f"and its answer per query), got seq_len={self.seq_len}")
+            raise ValueError(f"seq_len must be >= 4 * num_kv_pairs = {4 * self.num_kv_pairs} (the pairs, then two "
+                             f"slots per query), got seq_len={self.seq_len}")
         if self.num_kv_pairs >= self.vocab_size // 2:
             raise ValueError(f"num_kv_pairs must be < vocab_size // 2 = {self.vocab_size // 2} (distinct keys and "
                              f"values, token 0 is filler), got num_kv_pairs={self.num_kv_pairs}")
+        if not 0 < self.power_a <= 1:
+            raise ValueError(f"power_a must be in (0, 1], got {self.power_a!r}")
 
 
 def sample_without_replacement(batch: int, low: int, high: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """(batch, count) distinct integers from [low, high) per row."""
+    """(batch, count) distinct integers from [low, high) per row, uniformly."""
     return torch.rand(batch, high - low, generator=generator).argsort(dim=-1)[:, :count] + low
+
+
+def power_law_gaps(batch: int, space: int, count: int, power_a: float, generator: torch.Generator) -> torch.Tensor:
+    """(batch, count) distinct gaps from [0, space), drawn one after another with probability
+    proportional to (gap + 1) ** (power_a - 1) among the gaps not drawn yet."""
+    weights = torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
+    return torch.multinomial(weights.expand(batch, space), count, replacement=False, generator=generator)
 
 
 def make_mqar_batch(task: MQARTask, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,39 +89,94 @@ def make_mqar_batch(task: MQARTask, batch_size: int, generator: torch.Generator)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     input_ids[:, 0 : 2 * n : 2], input_ids[:, 1 : 2 * n : 2] = keys, values
 
-    num_slots = (task.seq_len - 2 * n) // 2  # two-token query slots after the pairs
-    slots = sample_without_replacement(batch_size, 0, num_slots, n, generator).sort(dim=-1).values
-    query_order = sample_without_replacement(batch_size, 0, n, n, generator)  # which pair each slot asks
-    query_positions = 2 * n + 2 * slots
+    gaps = power_law_gaps(batch_size, (task.seq_len - 2 * n) // 2, n, task.power_a, generator)
+    query_positions = 2 * n + 2 * gaps  # pair i is asked at query_positions[:, i]
     rows = torch.arange(batch_size)[:, None]
-    input_ids[rows, query_positions] = keys.gather(1, query_order)
-    input_ids[rows, query_positions + 1] = values.gather(1, query_order)
-    labels[rows, query_positions + 1] = values.gather(1, query_order)
+    input_ids[rows, query_positions] = keys
+    labels[rows, query_positions + 1] = values  # the input there stays filler
     return input_ids, labels
 
 
-def mqar_model_config(variant: str, task: MQARTask, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+# Answerers: stand-ins for a model, used to check that the task measures recall. Each returns
+# guesses aligned with the labels (guesses[b, t] is made from input_ids[b, :t]).
+
+def _answerer(input_ids: torch.Tensor, labels: torch.Tensor, num_kv_pairs: int, pick) -> torch.Tensor:
+    guesses = torch.full_like(labels, IGNORE_INDEX)
+    for b, t in (labels != IGNORE_INDEX).nonzero().tolist():
+        seen = input_ids[b, :t].tolist()
+        pairs = dict(zip(seen[0 : 2 * num_kv_pairs : 2], seen[1 : 2 * num_kv_pairs : 2]))
+        guesses[b, t] = pick(seen, pairs)
+    return guesses
+
+
+def oracle_answers(input_ids, labels, num_kv_pairs: int) -> torch.Tensor:
+    """Looks up the key just read among the pairs: recall."""
+    return _answerer(input_ids, labels, num_kv_pairs, lambda seen, pairs: pairs[seen[-1]])
+
+
+def elimination_answers(input_ids, labels, num_kv_pairs: int, generator: torch.Generator) -> torch.Tensor:
+    """Picks at random among the values of the pairs not yet seen answered in the input, with no
+    key-to-value lookup. Scores well above chance when answers are visible in the input."""
+    def pick(seen, pairs):
+        answered = set(seen[2 * num_kv_pairs :])
+        left = [v for v in pairs.values() if v not in answered] or list(pairs.values())
+        return left[int(torch.randint(len(left), (), generator=generator))]
+    return _answerer(input_ids, labels, num_kv_pairs, pick)
+
+
+def copy_answers(input_ids, labels, num_kv_pairs: int, generator: torch.Generator) -> torch.Tensor:
+    """Copies a value seen anywhere in the context, at random."""
+    def pick(seen, pairs):
+        values = sorted(set(seen) & set(pairs.values()))
+        return values[int(torch.randint(len(values), (), generator=generator))]
+    return _answerer(input_ids, labels, num_kv_pairs, pick)
+
+
+def guess_accuracy(guesses: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of answer positions (labels != -100) guessed right."""
+    answered = labels != IGNORE_INDEX
+    return (guesses[answered] == labels[answered]).float().mean().item()
+
+
+def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of answer positions whose argmax prediction (read one position earlier, at the
+    query key) is the value."""
+    guesses = torch.full_like(labels, IGNORE_INDEX)
+    guesses[:, 1:] = logits[:, :-1].argmax(-1)
+    return guess_accuracy(guesses, labels)
+
+
+def mqar_model_config(variant: str, task: MQARTask, hidden_size: int = 64, num_layers: int = 2, head_dim: int = 32,
                       titans_chunk_size: int = 16, **overrides):
-    """A tiny HopeConfig for ``variant`` in MIXER_VARIANTS, sized for the task."""
+    """A tiny HopeConfig for ``variant`` in MIXER_VARIANTS, sized for the task (heads of ``head_dim``)."""
     from hope_hf import HopeConfig
 
     if variant not in MIXER_VARIANTS:
         raise ValueError(f"variant must be one of {tuple(MIXER_VARIANTS)}, got {variant!r}")
+    if hidden_size % head_dim:
+        raise ValueError(f"head_dim ({head_dim}) must divide hidden_size ({hidden_size})")
     fields = dict(vocab_size=task.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                  num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+                  num_attention_heads=hidden_size // head_dim, intermediate_size=2 * hidden_size,
                   max_position_embeddings=max(task.seq_len, 64), titans_chunk_size=titans_chunk_size,
                   pad_token_id=None, bos_token_id=None, eos_token_id=None, tie_word_embeddings=True)
-    fields.update(MIXER_VARIANTS[variant])
+    mixer = MIXER_VARIANTS[variant]
+    if variant == "hybrid":  # alternate titans and attention layers
+        mixer = dict(mixer=[mixer["mixer"][i % 2] for i in range(num_layers)])
+    fields.update(mixer)
     fields.update(overrides)
     return HopeConfig(**fields)
 
 
-def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of answer positions (labels != -100) whose argmax prediction (read one position
-    earlier, at the query key) is the value."""
-    predictions, targets = logits[:, :-1].argmax(-1), labels[:, 1:]
-    answered = targets != IGNORE_INDEX
-    return (predictions[answered] == targets[answered]).float().mean().item()
+def mqar_model(variant: str, task: MQARTask, **config_fields):
+    """A freshly initialised HopeForCausalLM for ``variant`` (see mqar_model_config)."""
+    from hope_hf import HopeForCausalLM
+
+    from .gated_deltanet import use_gated_deltanet
+
+    model = HopeForCausalLM(mqar_model_config(variant, task, **config_fields))
+    if variant == "gated_deltanet":
+        use_gated_deltanet(model)
+    return model
 
 
 @torch.no_grad()
@@ -133,21 +203,23 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_mqar(config, task: MQARTask, steps: int = 200, batch_size: int = 32, learning_rate: float = 3e-3,
+def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 32, learning_rate: float = 3e-3,
                weight_decay: float = 0.1, eval_every: int = 25, eval_examples: int = 256, seed: int = 0,
-               progress: bool = True, description: str = "mqar") -> dict:
-    """Train a fresh HopeForCausalLM(config) on fresh MQAR batches with AdamW (warm-up + cosine,
-    gradients clipped at 1); evaluate on ``eval_examples`` held-out sequences (their own
-    generator) at step 0, every ``eval_every`` steps and at the end. Deterministic for a seed.
-    Returns the train loss per step and the eval points [{"step", "loss", "accuracy"}, ...]."""
-    from hope_hf import HopeForCausalLM
+               progress: bool = True, description: str = "mqar", stop_at_accuracy: float | None = None) -> dict:
+    """Train ``make_model()`` (a fresh model; a HopeConfig also works) on fresh MQAR batches with
+    AdamW (warm-up + cosine, gradients clipped at 1); evaluate on ``eval_examples`` held-out
+    sequences (their own generator) at step 0, every ``eval_every`` steps and at the end.
+    ``stop_at_accuracy`` ends training early once an evaluation reaches it. Deterministic for a
+    seed. Returns the train loss per step and the eval points [{"step", "loss", "accuracy"}, ...]."""
+    from hope_hf import HopeConfig, HopeForCausalLM
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
                         ("eval_examples", eval_examples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     torch.manual_seed(seed)
-    model = HopeForCausalLM(config).train()
+    model = HopeForCausalLM(make_model) if isinstance(make_model, HopeConfig) else make_model()
+    model.train()
     train_generator = torch.Generator().manual_seed(seed)
     held_out = make_mqar_batch(task, eval_examples, torch.Generator().manual_seed(seed + 1_000_003))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -167,9 +239,11 @@ def train_mqar(config, task: MQARTask, steps: int = 200, batch_size: int = 32, l
         if step % eval_every == 0 or step == steps:
             evals.append({"step": step, **evaluate_mqar(model, *held_out)})
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{evals[-1]['accuracy']:.3f}")
+            if stop_at_accuracy is not None and evals[-1]["accuracy"] >= stop_at_accuracy:
+                break
     return {"task": asdict(task), "train_loss": train_loss, "eval": evals, "final_accuracy": evals[-1]["accuracy"],
-            "num_parameters": sum(p.numel() for p in model.parameters())}
+            "steps_run": len(train_loss), "num_parameters": sum(p.numel() for p in model.parameters())}
 
 
-__all__ = ["MIXER_VARIANTS", "MQARTask", "answer_accuracy", "evaluate_mqar", "make_mqar_batch", "mqar_model_config",
-           "train_mqar"]
+__all__ = ["MIXER_VARIANTS", "MQARTask", "answer_accuracy", "copy_answers", "elimination_answers", "evaluate_mqar",
+           "guess_accuracy", "make_mqar_batch", "mqar_model", "mqar_model_config", "oracle_answers", "train_mqar"]

@@ -308,10 +308,13 @@ class HopePreTrainedModel(RemoteCodeMixin, PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, HopeTitansMixer):
-            init.normal_(module.initial_state, mean=0.0, std=self.config.initializer_range)
-            init.zeros_(module.b_eta)  # eta = eta_max / 2
-            # decays alpha = sigmoid(b_alpha) spread over heads from 0.9 to 0.999 (short to long memory)
-            alphas = torch.linspace(0.9, 0.999, module.num_heads, dtype=torch.float64)
+            std = self.config.titans_memory_init_std
+            init.normal_(module.initial_state, mean=0.0, std=self.config.initializer_range if std is None else std)
+            init.constant_(module.b_eta, torch.logit(torch.tensor(self.config.titans_eta_init)).item())
+            # decays alpha = sigmoid(b_alpha) spread over heads from min to max (short to long memory)
+            alphas = torch.linspace(
+                self.config.titans_decay_init_min, self.config.titans_decay_init_max, module.num_heads, dtype=torch.float64
+            )
             init.copy_(module.b_alpha, torch.logit(alphas).to(module.b_alpha.dtype))
         elif isinstance(module, ContinuumMemorySystem) and hasattr(module, "level_weights"):
             init.ones_(module.level_weights)

@@ -1,0 +1,225 @@
+"""MQAR sweep in the form of Zoology's figure: held-out accuracy vs model width, one curve per
+mixer, one panel per (sequence length, kv pairs). Every mixer sits in the same Hope block
+(2 layers, CMS MLP) and is trained the same way; each cell reports the mixer at its best
+learning rate. A sanity check runs first: attention must reach --sanity-accuracy in the
+sanity setting, otherwise the script refuses to compare (exit status 2).
+
+    python evaluation/mqar/run_mqar_sweep.py                   # the README's sweep (1 CPU thread)
+    python evaluation/mqar/run_mqar_sweep.py --variants titans titans_init_std_0.1 --widths 64
+
+Variants: the mixers of hope_hf.evaluation.mqar.MIXER_VARIANTS (attention, gated_deltanet,
+titans, titans_static, hybrid) and the titans ablations of ABLATIONS below (one change each).
+Writes evaluation/results/mqar_sweep.json (command, durations, every run with its eval curve)
+and mqar_sweep.png (accuracy vs width) beside it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, train_mqar  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUTPUT = ROOT / "evaluation" / "results" / "mqar_sweep.json"
+
+# Titans with one modelling choice changed (HopeConfig fields; defaults in brackets).
+ABLATIONS = {
+    "titans_init_std_0.1": dict(titans_memory_init_std=0.1),  # [initializer_range 0.02]: k != v at start
+    "titans_init_std_0.3": dict(titans_memory_init_std=0.3),
+    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # [0.9 .. 0.999 over heads]
+    "titans_eta_0.9": dict(titans_eta_init=0.9),  # [0.5 of eta_max]
+    "titans_chunk_64": dict(titans_chunk_size=64),  # [16 here]
+    "titans_chunk_4": dict(titans_chunk_size=4),
+    "titans_conv_2": dict(titans_conv_size=2),  # [4]
+}
+
+
+def variant_spec(name: str) -> tuple[str, dict]:
+    """(mixer variant, config overrides) of a variant name."""
+    if name in MIXER_VARIANTS:
+        return name, {}
+    return "titans", ABLATIONS[name]
+
+
+def parse_task(text: str) -> tuple[int, int]:
+    seq_len, pairs = text.lower().split("x")
+    return int(seq_len), int(pairs)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=[*MIXER_VARIANTS, "titans_init_std_0.3", "titans_decay_0.99"],
+                        choices=[*MIXER_VARIANTS, *ABLATIONS])
+    parser.add_argument("--widths", nargs="+", type=int, default=[128, 64])
+    parser.add_argument("--ablation-widths", nargs="+", type=int, default=[64],
+                        help="the widths at which the titans ablations (ABLATIONS) run")
+    parser.add_argument("--tasks", nargs="+", type=parse_task, default=[(64, 8)], help="SEQLENxPAIRS, e.g. 64x8 256x32")
+    parser.add_argument("--learning-rates", nargs="+", type=float, default=[1e-3],
+                        help="tried in order; a cell stops trying once one reaches --stop-accuracy")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--stop-accuracy", type=float, default=0.99, help="a run ends early once it evaluates at this")
+    parser.add_argument("--vocab-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--titans-chunk-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-examples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sanity", nargs=4, type=float, default=[128, 64, 8, 1e-3], metavar=("WIDTH", "SEQ", "PAIRS", "LR"),
+                        help="attention's sanity setting (trained for --sanity-steps)")
+    parser.add_argument("--sanity-steps", type=int, default=4000)
+    parser.add_argument("--sanity-accuracy", type=float, default=0.99)
+    parser.add_argument("--sanity-from", type=Path, default=None,
+                        help="reuse the sanity run recorded in this sweep JSON (same settings required) instead of rerunning it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep in --output: keep its sanity run and runs, skip the cells it has")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
+    return parser.parse_args(argv)
+
+
+def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learning_rate: float, steps: int) -> dict:
+    """One training run; returns its record (settings, accuracy, eval curve, seconds)."""
+    mixer, overrides = variant_spec(variant)
+    task = MQARTask(vocab_size=args.vocab_size, seq_len=seq_len, num_kv_pairs=pairs)
+    fields = dict(hidden_size=width, num_layers=args.num_layers, head_dim=args.head_dim,
+                  titans_chunk_size=args.titans_chunk_size, **overrides)
+    start = time.perf_counter()
+    run = train_mqar(lambda: mqar_model(mixer, task, **fields), task, steps=steps, batch_size=args.batch_size,
+                     learning_rate=learning_rate, eval_every=args.eval_every, eval_examples=args.eval_examples,
+                     seed=args.seed, description=f"{variant} w{width} {seq_len}x{pairs} lr {learning_rate:g}",
+                     stop_at_accuracy=args.stop_accuracy)
+    return {"variant": variant, "mixer": mixer, "overrides": overrides, "width": width, "seq_len": seq_len,
+            "num_kv_pairs": pairs, "learning_rate": learning_rate, "steps": steps, "steps_run": run["steps_run"],
+            "accuracy": run["final_accuracy"], "num_parameters": run["num_parameters"],
+            "seconds": round(time.perf_counter() - start, 1),
+            "eval": [{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()} for e in run["eval"]]}
+
+
+def best_by_cell(runs: list[dict]) -> dict:
+    """(variant, seq_len, pairs, width) -> the run with the highest accuracy over learning rates."""
+    best = {}
+    for run in runs:
+        key = (run["variant"], run["seq_len"], run["num_kv_pairs"], run["width"])
+        if key not in best or run["accuracy"] > best[key]["accuracy"]:
+            best[key] = run
+    return best
+
+
+def plot(best: dict, tasks, title: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, (seq_len, pairs) in zip(axes[0], tasks):
+        for i, variant in enumerate(dict.fromkeys(key[0] for key in best)):
+            cells = sorted((w, r["accuracy"]) for (v, s, p, w), r in best.items() if (v, s, p) == (variant, seq_len, pairs))
+            if cells:  # widths nudged apart per variant so that equal points stay visible
+                widths, accuracies = zip(*cells)
+                ax.plot([w * 1.04**i for w in widths], accuracies, marker="o", label=variant)
+        ax.axhline(1 / pairs, color="gray", linestyle=":", linewidth=1, label="chance 1/pairs")
+        ax.set(xscale="log", xlabel="model width", ylabel="held-out answer accuracy", ylim=(0, 1.02),
+               title=f"seq len {seq_len}, {pairs} kv pairs")
+        widths = sorted({w for (v, s, p, w) in best if (s, p) == (seq_len, pairs)})
+        ax.set_xticks(widths, [str(w) for w in widths], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="center left")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def recorded_sanity(args, width: int, seq_len: int, pairs: int, learning_rate: float) -> dict:
+    """The sanity run of an earlier sweep, if it was made with the settings asked for now."""
+    sanity = json.loads(args.sanity_from.read_text())["sanity"]
+    asked = dict(width=width, seq_len=seq_len, num_kv_pairs=pairs, learning_rate=learning_rate, steps=args.sanity_steps)
+    if any(sanity[key] != value for key, value in asked.items()):
+        raise SystemExit(f"--sanity-from {args.sanity_from}: its sanity run does not match {asked}")
+    return {**sanity, "reused_from": str(args.sanity_from)}
+
+
+def write_report(report: dict, args, started: float) -> None:
+    """The JSON (every run, the best per cell, the duration so far) and the PNG."""
+    best = best_by_cell(report["runs"])
+    report["best"] = [{"variant": v, "seq_len": s, "num_kv_pairs": p, "width": w, "accuracy": r["accuracy"],
+                       "learning_rate": r["learning_rate"], "steps_run": r["steps_run"]}
+                      for (v, s, p, w), r in best.items()]
+    report["duration_s"] = round(time.time() - started, 1)
+    report["load_average"] = os.getloadavg()
+    args.output.write_text(json.dumps(report, indent=1))
+    plot(best, args.tasks, f"MQAR, best of lr {args.learning_rates}, <= {args.steps} steps of batch {args.batch_size}",
+         args.output.with_suffix(".png"))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    command = "python evaluation/mqar/run_mqar_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    width, seq_len, pairs, lr = args.sanity
+    previous = json.loads(args.output.read_text()) if args.resume and args.output.exists() else None
+    if previous is not None:
+        args.sanity_from = args.output
+    if args.sanity_from is None:
+        sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
+    else:
+        sanity = recorded_sanity(args, int(width), int(seq_len), int(pairs), lr)
+    sanity["passed"] = sanity["accuracy"] >= args.sanity_accuracy
+    report = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
+              "platform": platform.platform(), "torch": torch.__version__, "sanity": sanity, "runs": []}
+    report["settings"]["tasks"] = [f"{s}x{p}" for s, p in args.tasks]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not sanity["passed"]:
+        report["duration_s"] = round(time.time() - started, 1)
+        args.output.write_text(json.dumps(report, indent=1))
+        print(f"sanity check failed: attention reached {sanity['accuracy']:.3f} < {args.sanity_accuracy} "
+              f"(width {width:g}, {seq_len:g}x{pairs:g}, lr {lr:g}, {args.sanity_steps} steps); not comparing")
+        raise SystemExit(2)
+
+    if previous is not None:  # every invocation's command and duration stay on record
+        report["runs"] = previous["runs"]
+        report["command"] = previous["command"] + " ; " + command
+        started -= previous["duration_s"]
+    done = {(r["variant"], r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"]) for r in report["runs"]}
+    sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
+    for seq_len, pairs in args.tasks:
+        for width in args.widths:
+            for variant in args.variants:
+                if variant in ABLATIONS and width not in args.ablation_widths:
+                    continue
+                for learning_rate in args.learning_rates:
+                    cell = (variant, width, seq_len, pairs, learning_rate, args.steps)
+                    if cell in done:
+                        continue
+                    if cell == sanity_key:
+                        run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
+                    else:
+                        run = train_cell(args, variant, width, seq_len, pairs, learning_rate, args.steps)
+                    report["runs"].append(run)
+                    write_report(report, args, started)  # progress survives an interruption
+                    if run["accuracy"] >= args.stop_accuracy:
+                        break
+    write_report(report, args, started)
+
+    print(f"\nsanity: attention {sanity['accuracy']:.3f} at step {sanity['steps_run']}")
+    print(f"{'variant':<22} {'task':>7} {'width':>6} {'acc':>6} {'lr':>7} {'steps':>6}")
+    for row in report["best"]:
+        print(f"{row['variant']:<22} {row['seq_len']:>4}x{row['num_kv_pairs']:<2} {row['width']:>6} "
+              f"{row['accuracy']:>6.3f} {row['learning_rate']:>7g} {row['steps_run']:>6}")
+    print(f"{report['duration_s']:.0f} s; wrote {args.output} and {args.output.with_suffix('.png')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
