@@ -38,10 +38,11 @@ def self_referential_gated_delta_rule(
         chunk_offset: position of the first token inside its chunk (to continue a sequence).
         attention_mask: (B, T), 0 marks padding; padded tokens leave the state untouched.
         detach_values: stop-gradient on the self-generated values.
-        row_ends: (B,) or None. A chunk boundary at position x moves row b's chunk-start state
-            to its running state only if x <= row_ends[b]: a row whose real tokens end at
-            row_ends[b] keeps the chunk-start state it would have alone, across the trailing
-            padding of a batch that aligns rows to their own chunk phases (the titans mixer).
+        row_ends: (B,) or None; row b holds only padding from position row_ends[b] on. A chunk
+            boundary at position x then moves row b's chunk-start state to its running state
+            only if x <= row_ends[b], so the row keeps the chunk-start state it has alone across
+            its trailing padding (the titans mixer aligns the rows of a ragged batch to their
+            own chunk phases), and the CPU path skips a row's chunks of padding.
 
     Returns:
         o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state

@@ -209,33 +209,69 @@ def _chunk_bounds(T: int, chunk_size: int, chunk_offset: int) -> list[tuple[int,
     return list(zip(starts, [*starts[1:], T]))
 
 
+def _active_chunk_forward(u, q, p, s0, keep, rows, b_eta, b_alpha, eta_max):
+    """``_chunk_forward`` on the rows that have real tokens in the chunk (``rows``, or None = all);
+    the others hold padding only, so their state stays and their output is q + q^T S[:, mem]."""
+    if rows is None:
+        return _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max)
+    mem = memory_slices(u.shape[-1])["memory"]
+    o = q + q @ s0[..., mem]
+    if rows.numel() == 0:
+        return o, s0, None
+    pick = lambda x: None if x is None else x.index_select(0, rows)  # noqa: E731
+    o_rows, final_rows, saved = _chunk_forward(pick(u), pick(q), pick(p), pick(s0), pick(keep), b_eta, b_alpha, eta_max)
+    return o.index_copy(0, rows, o_rows), s0.index_copy(0, rows, final_rows), saved
+
+
+def _active_chunk_backward(d_o, d_final, record, eta_max, detach_values):
+    """Backward of ``_active_chunk_forward``: (du, dq, dp, ds0, db_eta, db_alpha)."""
+    rows, saved, q, s0 = record
+    if rows is None:
+        return _chunk_backward(d_o, d_final, saved, eta_max, detach_values)
+    mem = memory_slices(q.shape[-1])["memory"]
+    du, dp = torch.zeros_like(q), torch.zeros_like(s0)
+    dq = d_o + d_o @ s0[..., mem].transpose(-1, -2)
+    ds0 = d_final.clone()
+    ds0[..., mem] += q.transpose(-1, -2) @ d_o
+    db = torch.zeros(q.shape[1], dtype=q.dtype, device=q.device)
+    if saved is None:
+        return du, dq, dp, ds0, db, db
+    pick = lambda x: x.index_select(0, rows)  # noqa: E731
+    du_r, dq_r, dp_r, ds0_r, db_eta, db_alpha = _chunk_backward(pick(d_o), pick(d_final), saved, eta_max, detach_values)
+    return (du.index_copy(0, rows, du_r), dq.index_copy(0, rows, dq_r), dp.index_copy(0, rows, dp_r),
+            ds0.index_copy(0, rows, ds0_r), db_eta, db_alpha)
+
+
 class ChunkScan(torch.autograd.Function):
     """The whole chunk loop as one autograd node. Tensors head-first, in the compute dtype:
-    u, q (B,H,T,d); states (B,H,d,V); mask (B,T) bool or None; row_ends (B,) or None."""
+    u, q (B,H,T,d); states (B,H,d,V); mask (B,T) bool or None; row_ends (B,) or None.
+    With ``row_ends``, a chunk runs only the rows that have real tokens in it."""
 
     @staticmethod
     def forward(ctx, u, q, b_eta, b_alpha, state, chunk_state, mask, row_ends, chunk_size, eta_max,
                 chunk_offset, self_referential, detach_values):
         T = u.shape[2]
-        bounds = _chunk_bounds(T, chunk_size, chunk_offset)
-        outputs, saved, follows = [], [], []
-        for start, end in bounds:
+        outputs, records, follows = [], [], []
+        for start, end in _chunk_bounds(T, chunk_size, chunk_offset):
             follow = None  # rows whose chunk-start state moves to the running state here
             if self_referential and start > 0:
                 follow = _follows(row_ends, start, state)
                 chunk_state = state if follow is None else torch.where(follow, state, chunk_state)
             keep = None if mask is None else mask[:, None, start:end]
-            o, state, chunk_saved = _chunk_forward(
-                u[:, :, start:end], q[:, :, start:end], chunk_state, state, keep, b_eta, b_alpha, eta_max
-            )
+            rows = None
+            if row_ends is not None and bool((row_ends <= start).any()):
+                rows = (row_ends > start).nonzero().squeeze(-1).to(u.device)
+            u_c, q_c = u[:, :, start:end], q[:, :, start:end]
+            s0 = state
+            o, state, saved = _active_chunk_forward(u_c, q_c, chunk_state, s0, keep, rows, b_eta, b_alpha, eta_max)
             outputs.append(o)
-            saved.append(chunk_saved)
+            records.append((rows, saved, q_c, s0))
             follows.append(follow)
         final_follow = None
         if self_referential and (chunk_offset + T) % chunk_size == 0:
             final_follow = _follows(row_ends, T, state)
             chunk_state = state if final_follow is None else torch.where(final_follow, state, chunk_state)
-        ctx.saved, ctx.follows, ctx.final_follow = saved, follows, final_follow
+        ctx.records, ctx.follows, ctx.final_follow = records, follows, final_follow
         ctx.args = (eta_max, self_referential, detach_values, (chunk_offset + T) % chunk_size == 0)
         return torch.cat(outputs, dim=2), state, chunk_state
 
@@ -243,32 +279,33 @@ class ChunkScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_o, d_state, d_chunk_state):
         eta_max, self_referential, detach_values, ends_on_boundary = ctx.args
-        saved = ctx.saved
-        u0 = saved[0][0]
-        B, H = u0.shape[:2]
-        d_state = torch.zeros_like(saved[-1][3]) if d_state is None else d_state.clone()
+        records = ctx.records
+        q0, s_last = records[0][2], records[-1][3]
+        B, H, _, d = q0.shape
+        d_state = torch.zeros_like(s_last) if d_state is None else d_state.clone()
         # gradient reaching the current chunk-start state from later chunks that kept it
         d_carry = torch.zeros_like(d_state) if d_chunk_state is None else d_chunk_state.clone()
         if self_referential and ends_on_boundary:
             d_state, d_carry = _route(ctx.final_follow, d_carry, d_state)
         if d_o is None:
-            d_o = torch.zeros(B, H, sum(s[0].shape[2] for s in saved), u0.shape[-1], dtype=u0.dtype, device=u0.device)
+            d_o = torch.zeros(B, H, sum(r[2].shape[2] for r in records), d, dtype=q0.dtype, device=q0.device)
         du, dq = [], []
-        db_eta = torch.zeros(H, dtype=u0.dtype, device=u0.device)
+        db_eta = torch.zeros(H, dtype=q0.dtype, device=q0.device)
         db_alpha = torch.zeros_like(db_eta)
         end = d_o.shape[2]
-        for chunk_saved, follow, start_idx in zip(reversed(saved), reversed(ctx.follows), reversed(range(len(saved)))):
-            L = chunk_saved[0].shape[2]
-            du_c, dq_c, dp, ds0, dbe, dba = _chunk_backward(d_o[:, :, end - L : end], d_state, chunk_saved, eta_max,
-                                                           detach_values)
+        for index in reversed(range(len(records))):
+            L = records[index][2].shape[2]
+            du_c, dq_c, dp, ds0, dbe, dba = _active_chunk_backward(
+                d_o[:, :, end - L : end], d_state, records[index], eta_max, detach_values
+            )
             end -= L
             du.append(du_c)
             dq.append(dq_c)
             db_eta, db_alpha = db_eta + dbe, db_alpha + dba
             d_carry = d_carry + dp
             d_state = ds0
-            if self_referential and start_idx > 0:
-                d_state, d_carry = _route(follow, d_carry, d_state)
+            if self_referential and index > 0:
+                d_state, d_carry = _route(ctx.follows[index], d_carry, d_state)
         du, dq = torch.cat(du[::-1], dim=2), torch.cat(dq[::-1], dim=2)
         return du, dq, db_eta, db_alpha, d_state, d_carry, None, None, None, None, None, None, None
 
