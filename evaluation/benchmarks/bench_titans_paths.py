@@ -6,7 +6,7 @@
    (one autograd.Function, hand-written backward). Also the operator calls and the time split of
    one fwd+bwd from torch.profiler.
 2. A left-padded batch of 8 rows of different lengths (and, with a cache, different chunk
-   phases) through one titans mixer: ``aligned`` (one call, each row at its own chunk phase)
+   phases) through one titans mixer, short (prompts, T=48) and long (T=512): ``aligned`` (one call, each row at its own chunk phase)
    vs ``per_row`` (the loop over rows), forward without grad and forward + backward.
 Writes evaluation/results/bench_titans_paths.json and .png.
 
@@ -103,7 +103,8 @@ def main():
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--batch-seq-len", type=int, default=256, help="padded length of the batch of 8")
+    parser.add_argument("--prompt-len", type=int, default=48, help="padded length of the short batch of 8")
+    parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -131,13 +132,15 @@ def main():
     config = HopeConfig(mixer="titans", hidden_size=args.hidden_size, num_attention_heads=args.heads,
                         num_hidden_layers=1, intermediate_size=64, vocab_size=256, titans_chunk_size=args.chunk_size)
     mixer = HopeForCausalLM(config).model.layers[0].mixer
-    T = args.batch_seq_len
-    lengths = [T - 29 * i for i in range(8)]  # 256, 227, ..., 53 real tokens
     batch_rows = []
-    for with_cache, grad in [(False, False), (True, False), (False, True)]:
+    settings = [(args.prompt_len, False, False), (args.prompt_len, True, False), (args.prompt_len, False, True),
+                (args.batch_seq_len, False, False), (args.batch_seq_len, False, True)]
+    for T, with_cache, grad in settings:
+        lengths = [T - (T // 9) * i for i in range(8)]  # from T down to about T/9 real tokens
         timing = time_interleaved(padded_batch_fns(mixer, lengths, T, with_cache, grad), repeats=args.repeats,
-                                  desc=f"batch of 8 cache={with_cache} grad={grad}")
+                                  desc=f"batch of 8 T={T} cache={with_cache} grad={grad}")
         row = {
+            "padded_length": T,
             "setting": f"batch 8, padded length {T}, lengths {lengths}, "
                        f"{'rows at chunk phases 0,7,14,...' if with_cache else 'no cache'}, "
                        f"{'forward + backward' if grad else 'forward, no grad'}",
@@ -154,13 +157,16 @@ def main():
     axes[0].bar_label(bars, fmt="%.0f ms")
     axes[0].set_title(f"self-referential op fwd+bwd, T={args.seq_len}\n"
                       f"x{op_row['speedup_chunk_scan_over_autograd']:.2f}")
-    labels = ["fwd", "fwd, phases", "fwd+bwd"]
+    labels = [f"T={r['padded_length']}\n{'fwd+bwd' if 'backward' in r['setting'] else 'fwd'}"
+              f"{', phases' if 'phases' in r['setting'] else ''}" for r in batch_rows]
     xs = range(len(batch_rows))
     for offset, name, color in [(-0.2, "per_row", "tab:gray"), (0.2, "aligned", "tab:blue")]:
         axes[1].bar([x + offset for x in xs], [r["median_s"][name] * 1e3 for r in batch_rows], 0.4, label=name,
                     color=color)
-    axes[1].set_xticks(list(xs), [f"{lab}\nx{r['speedup_aligned_over_per_row']:.1f}" for lab, r in zip(labels, batch_rows)])
+    axes[1].set_xticks(list(xs), [f"{lab}\nx{r['speedup_aligned_over_per_row']:.1f}" for lab, r in zip(labels, batch_rows)],
+                       fontsize=7)
     axes[1].set_ylabel("ms")
+    axes[1].set_yscale("log")
     axes[1].set_title("left-padded batch of 8 through one titans mixer")
     axes[1].legend()
     fig.tight_layout()

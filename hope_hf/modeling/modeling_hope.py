@@ -275,11 +275,13 @@ class HopeTitansMixer(nn.Module):
         tail = count[:, None, None] + torch.arange(K1, device=device)  # last K-1 inputs of each row
         new_conv = x.gather(2, tail.expand(-1, width, -1))
 
-        # aligned: row b's token j at position r_b + j
+        # aligned: row b's token j at position r_b + j (the compact layout when every r_b = 0)
         p = torch.arange(T_mem, device=device)[None, :]
         aligned_valid = (p >= phase[:, None]) & (p < (phase + count)[:, None])
-        src = (p - phase[:, None]).clamp(0, T - 1)
-        aligned = mixed.gather(1, src[..., None].expand(-1, -1, width)) * aligned_valid[..., None]
+        if bool(phase.any()):
+            src = (p - phase[:, None]).clamp(0, T - 1)
+            mixed = mixed.gather(1, src[..., None].expand(-1, -1, width))
+        aligned = mixed[:, :T_mem] * aligned_valid[..., None]
         o, state, chunk_state = self._run_memory(aligned, state, chunk_state, 0, aligned_valid, row_ends=phase + count)
 
         # back to the input's positions: original f_b + j <- aligned r_b + j
