@@ -17,6 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
+# python puts a script's folder first on the path: this folder's kernels.py would shadow the
+# `kernels` package that transformers probes for, and importing Llama then fails
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -25,8 +30,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(HERE))
 from common import RESULTS, time_interleaved, write_results  # noqa: E402
+
+sys.path.pop(0)
 
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width  # noqa: E402

@@ -15,6 +15,8 @@ keeps what it computed; the hand-written backward walks the chunks in reverse an
 fla bridge's tests).
 """
 
+import functools
+
 import torch
 
 from .common import check_inputs, compute_dtype, memory_slices
@@ -55,9 +57,11 @@ def delta_rule_chunk(
     return read, final
 
 
-def _masks(L: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=16)
+def _masks(L: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, L) bool: s <= t and s < t."""
     inclusive = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-    return inclusive, inclusive.tril(-1), torch.eye(L, dtype=torch.bool, device=device)
+    return inclusive, inclusive.tril(-1)
 
 
 def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +85,7 @@ def _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max):
     """
     d, L = u.shape[-1], u.shape[-2]
     sl = memory_slices(d)
-    inclusive, strict, _ = _masks(L, u.device)
+    inclusive, strict = _masks(L, u.device)
 
     R = u @ p  # every memory applied to u at once (B,H,L,V)
     k, k_norm = _normalize(u + R[..., sl["key"]])
@@ -131,7 +135,7 @@ def _chunk_backward(d_o, d_final, saved, eta_max, detach_values):
     d = u.shape[-1]
     sl = memory_slices(d)
     mem = sl["memory"]
-    _, strict, _ = _masks(u.shape[-2], u.device)
+    _, strict = _masks(u.shape[-2], u.device)
     tr = lambda x: x.transpose(-1, -2)  # noqa: E731
 
     # final = gamma_L s0 + K_end^T delta
