@@ -10,6 +10,11 @@ Writes evaluation/results/bench_model_throughput.json and .png.
 
     python evaluation/benchmarks/bench_model_throughput.py                  # defaults, ~2 minutes
     python evaluation/benchmarks/bench_model_throughput.py --seq-lens 512 2048 --repeats 3 --no-profile
+    python evaluation/benchmarks/bench_model_throughput.py --with-autograd-path --threads 1   # + Hope on the old chunk path
+    python evaluation/benchmarks/bench_model_throughput.py --seq-lens 8192 --no-profile --results-name bench_model_throughput_8k
+
+On a loaded machine use --threads 1: with more threads than free cores, every parallel op waits
+for a descheduled thread, which hurts Hope's many mid-sized ops far more than attention's few.
 """
 
 import argparse
@@ -124,6 +129,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
+    parser.add_argument("--results-name", default="bench_model_throughput", help="JSON/PNG name in evaluation/results/")
     parser.add_argument("--with-autograd-path", action="store_true",
                         help="also time Hope with the chunk loop on the autograd path it had before ChunkScan")
     args = parser.parse_args()
@@ -169,7 +175,7 @@ def main():
               f"hope/llama {ratio:.2f}; one mixer fwd+bwd: titans {mixer_s['titans_mixer'] * 1e3:.0f} ms, "
               f"attention {mixer_s['llama_attention'] * 1e3:.0f} ms; "
               f"step gap {step_gap:.2f} s vs {args.layers} x mixer gap {mixer_gap:.2f} s")
-    write_results("bench_model_throughput", {"config": vars(args), "parameters": params, "results": rows})
+    write_results(args.results_name, {"config": vars(args), "parameters": params, "results": rows})
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     xs = range(len(rows))
@@ -186,7 +192,7 @@ def main():
     ax.set_ylim(0, 1.3 * max(max(r["tokens_per_s"].values()) for r in rows))
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_model_throughput.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
 
 
 if __name__ == "__main__":
