@@ -190,7 +190,7 @@ def test_aligned_batch_equals_per_row_at_different_chunk_phases(name):
     mask[2, :2] = 0
     mask[2, 9:] = 0  # both sides: 7 tokens
     mask[3] = 0  # nothing new
-    assert mixer._is_alignable(projected, mask)
+    assert mixer._is_alignable(projected, mask, caching=True)
     memory = (conv_state, state, chunk_state)
     weights = None
     results = []

@@ -10,7 +10,8 @@
    vs ``per_row`` (the loop over rows), forward without grad and forward + backward.
 Writes evaluation/results/bench_titans_paths.json and .png.
 
-    python evaluation/benchmarks/bench_titans_paths.py            # ~2-3 minutes
+    python evaluation/benchmarks/bench_titans_paths.py            # ~1 minute on quiet cores
+    python evaluation/benchmarks/bench_titans_paths.py --threads 1 --results-name bench_titans_paths_1thread
 """
 
 import argparse
@@ -114,6 +115,7 @@ def main():
     parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results-name", default="bench_titans_paths", help="JSON/PNG name in evaluation/results/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -156,7 +158,7 @@ def main():
         }
         batch_rows.append(row)
         print(f"{row['setting']}: x{row['speedup_aligned_over_per_row']:.2f}")
-    write_results("bench_titans_paths", {"config": vars(args), "op": op_row, "left_padded_batch": batch_rows})
+    write_results(args.results_name, {"config": vars(args), "op": op_row, "left_padded_batch": batch_rows})
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = list(op_row["median_s"])
@@ -177,7 +179,7 @@ def main():
     axes[1].set_title("left-padded batch of 8 through one titans mixer")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_titans_paths.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ class HopeTitansMixer(nn.Module):
         elif self._is_batchable(attention_mask, seen, cache is not None):
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
             o, conv_state, state, chunk_state = self._memory(projected, *memory, offset, attention_mask)
-        elif self._is_alignable(projected, attention_mask):
+        elif self._is_alignable(projected, attention_mask, cache is not None):
             o, conv_state, state, chunk_state = self._aligned(projected, *memory, seen, attention_mask)
         else:
             o, conv_state, state, chunk_state = self._per_row(projected, *memory, seen, attention_mask)
@@ -230,10 +230,11 @@ class HopeTitansMixer(nn.Module):
         return right_padded_only and (not caching or rows_equal)
 
     @staticmethod
-    def _is_alignable(projected, mask) -> bool:
-        """``_aligned`` takes rows whose real tokens are contiguous (left and/or right padding);
-        on CUDA the fused kernels do not take ``row_ends``, so rows run one by one there."""
-        if projected.is_cuda:
+    def _is_alignable(projected, mask, caching: bool) -> bool:
+        """``_aligned`` takes rows whose real tokens are contiguous (left and/or right padding).
+        On CUDA only without a cache: the fused kernels do not take ``row_ends``, which keeps the
+        chunk-start state a cache needs; without a cache the aligned batch is right-padded only."""
+        if projected.is_cuda and caching:
             return False
         if mask is None:
             return True
@@ -282,7 +283,8 @@ class HopeTitansMixer(nn.Module):
             src = (p - phase[:, None]).clamp(0, T - 1)
             mixed = mixed.gather(1, src[..., None].expand(-1, -1, width))
         aligned = mixed[:, :T_mem] * aligned_valid[..., None]
-        o, state, chunk_state = self._run_memory(aligned, state, chunk_state, 0, aligned_valid, row_ends=phase + count)
+        row_ends = None if projected.is_cuda else phase + count  # CPU: also skips a row's chunks of padding
+        o, state, chunk_state = self._run_memory(aligned, state, chunk_state, 0, aligned_valid, row_ends=row_ends)
 
         # back to the input's positions: original f_b + j <- aligned r_b + j
         src = (positions[None, :] - first[:, None] + phase[:, None]).clamp(0, T_mem - 1)
