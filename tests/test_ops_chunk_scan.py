@@ -94,3 +94,17 @@ def test_gradcheck_tiny():
                                True, False)
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_vmap_over_rows_matches_the_batched_call():
+    """Under torch.func.vmap (e.g. per-row fast weights) the op falls back to the autograd loop."""
+    T, chunk_size = 9, 4
+    u, q, be, ba, s, c = (x.detach() for x in make_inputs(T))
+    o, state, chunk = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, 0.8, c)
+
+    def one_row(u, q, s, c):
+        out = chunk_self_referential_gated_delta_rule(u[None], q[None], be, ba, s[None], chunk_size, 0.8, c[None])
+        return tuple(x[0] for x in out)
+
+    for a, b in zip(torch.func.vmap(one_row)(u, q, s, c), (o, state, chunk)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

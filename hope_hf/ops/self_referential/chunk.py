@@ -11,15 +11,15 @@ with gamma_t the running product of alpha inside the chunk.
 chunk with all heads and rows in one call per product (~30 ops a chunk, no autograd graph) and
 keeps what it computed; the hand-written backward walks the chunks in reverse and reuses it
 (~60 ops a chunk, where autograd's graph of the same math issued ~600).
-``delta_rule_chunk`` is the same chunk math written for autograd (kept for reading and for the
-fla bridge's tests).
+``delta_rule_chunk`` is the same chunk math written for autograd: the path under torch.func
+transforms (vmap, grad), which cannot trace a Function without ``setup_context``.
 """
 
 import functools
 
 import torch
 
-from .common import check_inputs, compute_dtype, memory_slices
+from .common import check_inputs, compute_dtype, memory_slices, scan_chunks
 
 _NORM_EPS = 1e-12  # F.normalize's default
 
@@ -343,7 +343,15 @@ def chunk_self_referential_gated_delta_rule(
     detach_values: bool = False,
     row_ends: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
+    """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments.
+
+    Under torch.func transforms (vmap, grad, ...) the chunk loop runs as plain torch ops with
+    autograd's backward (``delta_rule_chunk``), which those transforms can trace."""
+    if torch._C._are_functorch_transforms_active():
+        return scan_chunks(
+            u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, chunk_offset,
+            attention_mask, self_referential, detach_values, segment_fn=delta_rule_chunk, row_ends=row_ends,
+        )
     check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
     in_dtype, dtype = u.dtype, compute_dtype(u)
     u_h, q_h = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
