@@ -170,3 +170,53 @@ def test_bf16_model_runs_with_fp32_memory_state(name):
     titans_layer = CONFIGS[name]["mixer"].index("titans") if isinstance(CONFIGS[name]["mixer"], list) else 0
     assert output_cache(out).get_recurrent_state(titans_layer).dtype == torch.float32
     assert model.generate(ids[:, :5], max_new_tokens=6, do_sample=False).shape == (2, 11)
+
+
+@pytest.mark.parametrize("name", ["titans", "titans_static"])
+def test_aligned_batch_equals_per_row_at_different_chunk_phases(name):
+    """The titans mixer's one-call path for ragged batches (each row placed at its own chunk
+    phase) against the per-row loop: rows at phases 0, 1, 3 of chunk 4 in the cache, left and
+    right padding, an empty row; outputs, every returned state and the gradients."""
+    model = tiny_model(**CONFIGS[name])
+    mixer = model.model.layers[0].mixer
+    B, T, width = 4, 11, 2 * mixer.num_heads * mixer.head_dim
+    projected = torch.randn(B, T, width, requires_grad=True)
+    conv_state = torch.randn(B, width, mixer.conv1d.kernel_size[0] - 1)
+    state = 0.1 * torch.randn(B, mixer.num_heads, mixer.head_dim, 3 * mixer.head_dim + 2)
+    chunk_state = state + 0.1 * torch.randn_like(state)
+    seen = torch.tensor([8, 5, 7, 2])  # phases 0, 1, 3, 2
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :6] = 0  # left padding: 5 tokens
+    mask[2, :2] = 0
+    mask[2, 9:] = 0  # both sides: 7 tokens
+    mask[3] = 0  # nothing new
+    assert mixer._is_alignable(projected, mask, caching=True)
+    memory = (conv_state, state, chunk_state)
+    weights = None
+    results = []
+    for path in (mixer._aligned, mixer._per_row):
+        out = path(projected, *memory, seen, mask)
+        weights = weights or [torch.randn_like(x) for x in out]
+        grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, out)), projected)[0]
+        results.append((out, grad))
+    (out_aligned, grad_aligned), (out_rows, grad_rows) = results
+    for label, a, b in zip(("o", "conv_state", "state", "chunk_state"), out_aligned, out_rows):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m: f"{label}: {m}")
+    torch.testing.assert_close(grad_aligned, grad_rows, atol=1e-5, rtol=0)
+
+
+def test_left_padded_generation_continues_rows_at_different_phases():
+    """Prefill a left-padded batch (rows end at different chunk phases), then a multi-token
+    continuation through the cache: each row as if alone."""
+    model = tiny_model(mixer="titans")
+    rows = [random_ids(1, n) for n in (9, 6, 3)]
+    more = random_ids(3, 5)
+    batch = torch.cat([torch.cat([torch.zeros(1, 9 - r.shape[1], dtype=torch.long), r], 1) for r in rows])
+    mask = (torch.arange(9)[None] >= torch.tensor([0, 3, 6])[:, None]).long()
+    with torch.no_grad():
+        cache = output_cache(model(batch, attention_mask=mask, use_cache=True))
+        logits = model(more, attention_mask=torch.cat([mask, torch.ones(3, 5, dtype=torch.long)], 1), cache=cache,
+                       use_cache=True).logits
+        for b, row in enumerate(rows):
+            alone = model(torch.cat([row, more[b : b + 1]], 1), use_cache=False).logits[0, -5:]
+            torch.testing.assert_close(logits[b], alone, atol=1e-4, rtol=0)

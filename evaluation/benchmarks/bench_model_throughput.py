@@ -10,11 +10,22 @@ Writes evaluation/results/bench_model_throughput.json and .png.
 
     python evaluation/benchmarks/bench_model_throughput.py                  # defaults, ~2 minutes
     python evaluation/benchmarks/bench_model_throughput.py --seq-lens 512 2048 --repeats 3 --no-profile
+    python evaluation/benchmarks/bench_model_throughput.py --with-autograd-path --threads 1   # + Hope on the old chunk path
+    python evaluation/benchmarks/bench_model_throughput.py --seq-lens 8192 --no-profile --results-name bench_model_throughput_8k
+
+On a loaded machine use --threads 1: with more threads than free cores, every parallel op waits
+for a descheduled thread, which hurts Hope's many mid-sized ops far more than attention's few.
 """
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+
+# python puts a script's folder first on the path: this folder's kernels.py would shadow the
+# `kernels` package that transformers probes for, and importing Llama then fails
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import matplotlib
 
@@ -25,8 +36,10 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(HERE))
 from common import RESULTS, time_interleaved, write_results  # noqa: E402
+
+sys.path.pop(0)
 
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 
@@ -39,6 +52,30 @@ def build_models(args):
     hope = HopeForCausalLM(HopeConfig(mixer="titans", titans_chunk_size=args.chunk_size, **shared))
     llama = LlamaForCausalLM(LlamaConfig(**shared, attn_implementation="sdpa"))
     return {"hope": hope.train(), "llama": llama.train()}
+
+
+@contextlib.contextmanager
+def autograd_chunk_path():
+    """The CPU chunk path as it was before ChunkScan: torch ops per chunk, autograd's backward."""
+    import hope_hf.ops.self_referential as ops
+    from hope_hf.ops.self_referential.chunk import delta_rule_chunk
+    from hope_hf.ops.self_referential.common import scan_chunks
+
+    def kernel(*args, **kwargs):
+        return scan_chunks(*args, **kwargs, segment_fn=delta_rule_chunk)
+
+    saved, ops.chunk_self_referential_gated_delta_rule = ops.chunk_self_referential_gated_delta_rule, kernel
+    try:
+        yield
+    finally:
+        ops.chunk_self_referential_gated_delta_rule = saved
+
+
+def with_autograd_path(fn):
+    def run():
+        with autograd_chunk_path():
+            fn()
+    return run
 
 
 def train_step_fn(model, seq_len, vocab_size):
@@ -92,6 +129,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
+    parser.add_argument("--results-name", default="bench_model_throughput", help="JSON/PNG name in evaluation/results/")
+    parser.add_argument("--with-autograd-path", action="store_true",
+                        help="also time Hope with the chunk loop on the autograd path it had before ChunkScan")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -102,6 +142,8 @@ def main():
     rows = []
     for seq_len in tqdm(args.seq_lens, desc="sequence lengths"):
         steps = {name: train_step_fn(m, seq_len, args.vocab_size) for name, m in models.items()}
+        if args.with_autograd_path:  # the same Hope model, its chunk loop on the previous (autograd) path
+            steps["hope_autograd_path"] = with_autograd_path(train_step_fn(models["hope"], seq_len, args.vocab_size))
         timings = time_interleaved(steps, repeats=args.repeats, desc=f"train steps T={seq_len}")
         tokens_per_s = {name: seq_len / t["median_s"] for name, t in timings.items()}
         ratio = tokens_per_s["hope"] / tokens_per_s["llama"]
@@ -124,6 +166,8 @@ def main():
             "layers_x_mixer_gap_s": mixer_gap,
             "titans_share_of_hope_step": args.layers * mixer_s["titans_mixer"] / timings["hope"]["median_s"],
         }
+        if args.with_autograd_path:
+            row["hope_over_hope_autograd_path"] = tokens_per_s["hope"] / tokens_per_s["hope_autograd_path"]
         if not args.no_profile:
             row["hope_step_profile_top_ops"] = profile_step(steps["hope"])
         rows.append(row)
@@ -131,13 +175,16 @@ def main():
               f"hope/llama {ratio:.2f}; one mixer fwd+bwd: titans {mixer_s['titans_mixer'] * 1e3:.0f} ms, "
               f"attention {mixer_s['llama_attention'] * 1e3:.0f} ms; "
               f"step gap {step_gap:.2f} s vs {args.layers} x mixer gap {mixer_gap:.2f} s")
-    write_results("bench_model_throughput", {"config": vars(args), "parameters": params, "results": rows})
+    write_results(args.results_name, {"config": vars(args), "parameters": params, "results": rows})
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    width, xs = 0.38, range(len(rows))
-    for offset, name in [(-width / 2, "hope"), (width / 2, "llama")]:
-        bars = ax.bar([x + offset for x in xs], [r["tokens_per_s"][name] for r in rows], width,
-                      label=f"{name} ({params[name] / 1e6:.2f}M params)")
+    xs = range(len(rows))
+    names = [n for n in ("hope_autograd_path", "hope", "llama") if n in rows[0]["tokens_per_s"]]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        label = f"{name} ({params[name.split('_')[0]] / 1e6:.2f}M params)"
+        bars = ax.bar([x + (i - (len(names) - 1) / 2) * width for x in xs], [r["tokens_per_s"][name] for r in rows],
+                      width, label=label)
         ax.bar_label(bars, fmt="%.0f")
     ax.set_xticks(list(xs), [f"T={r['seq_len']}\nhope/llama={r['hope_over_llama']:.2f}" for r in rows])
     ax.set_ylabel(f"training tokens/s (CPU, {args.threads} threads)")
@@ -145,7 +192,7 @@ def main():
     ax.set_ylim(0, 1.3 * max(max(r["tokens_per_s"].values()) for r in rows))
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_model_throughput.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -165,16 +165,20 @@ class HopeTitansMixer(nn.Module):
 
     def _memory(self, projected, conv_state, state, chunk_state, chunk_offset, mask):
         """Conv, normalise, run the memory. projected: (B, T, 2*H*d) = [W_u x, W_q x]."""
-        B, T, _ = projected.shape
         mixed, conv_state = self._conv(projected, conv_state)
+        o, state, chunk_state = self._run_memory(mixed, state, chunk_state, chunk_offset, mask)
+        return o, conv_state, state, chunk_state
+
+    def _run_memory(self, mixed, state, chunk_state, chunk_offset, mask, row_ends=None):
+        """Normalise u, q and run the memory op. mixed: (B, T, 2*H*d) after the conv."""
+        B, T, _ = mixed.shape
         u, q = mixed.view(B, T, 2, self.num_heads, self.head_dim).unbind(2)
         # in fp32: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gave NaN
         u, q = (F.normalize(t.float(), dim=-1).to(t.dtype) for t in (u, q))
-        o, state, chunk_state = self_referential_gated_delta_rule(
+        return self_referential_gated_delta_rule(
             u, q, self.b_eta, self.b_alpha, state, self.chunk_size, self.eta_max, chunk_state, chunk_offset,
-            mask, self.self_referential, self.detach_values,
+            mask, self.self_referential, self.detach_values, row_ends=row_ends,
         )
-        return o, conv_state, state, chunk_state
 
     def forward(
         self,
@@ -202,6 +206,8 @@ class HopeTitansMixer(nn.Module):
         elif self._is_batchable(attention_mask, seen, cache is not None):
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
             o, conv_state, state, chunk_state = self._memory(projected, *memory, offset, attention_mask)
+        elif self._is_alignable(projected, attention_mask, cache is not None):
+            o, conv_state, state, chunk_state = self._aligned(projected, *memory, seen, attention_mask)
         else:
             o, conv_state, state, chunk_state = self._per_row(projected, *memory, seen, attention_mask)
 
@@ -222,6 +228,69 @@ class HopeTitansMixer(nn.Module):
         right_padded_only = bool((mask[:, 1:] <= mask[:, :-1]).all())
         rows_equal = bool((mask.sum(-1) == mask.shape[-1]).all())
         return right_padded_only and (not caching or rows_equal)
+
+    @staticmethod
+    def _is_alignable(projected, mask, caching: bool) -> bool:
+        """``_aligned`` takes rows whose real tokens are contiguous (left and/or right padding).
+        On CUDA only without a cache: the fused kernels do not take ``row_ends``, which keeps the
+        chunk-start state a cache needs; without a cache the aligned batch is right-padded only."""
+        if projected.is_cuda and caching:
+            return False
+        if mask is None:
+            return True
+        real = mask.bool()
+        positions = torch.arange(mask.shape[-1], device=mask.device)
+        first = torch.where(real, positions, mask.shape[-1]).amin(-1)
+        last = torch.where(real, positions, -1).amax(-1)
+        count = real.sum(-1)
+        return bool(((count == 0) | (last - first + 1 == count)).all())
+
+    def _aligned(self, projected, conv_state, state, chunk_state, seen, mask):
+        """All rows in one call, each at its own chunk phase (left padding, rows of different
+        lengths, rows at different positions in their chunk).
+
+        Row b's n_b real tokens (contiguous, from position f_b) are convolved from the start of
+        the row (after its conv state), then placed at positions r_b .. r_b + n_b - 1 of the
+        memory's input, r_b = (tokens seen) mod C, so that every token sits at the chunk phase it
+        has alone: chunks start where the row's own chunks start. Padding around it leaves the
+        state untouched (eta = 0, alpha = 1), no boundary precedes the first real token (r_b < C),
+        and ``row_ends`` keeps the chunk-start state in the trailing padding. Exact per row.
+        """
+        B, T, width = projected.shape
+        device, C = projected.device, self.chunk_size
+        real = torch.ones(B, T, dtype=torch.bool, device=device) if mask is None else mask.bool()
+        count = real.sum(-1)  # n_b
+        positions = torch.arange(T, device=device)
+        first = torch.where(real, positions, T).amin(-1).clamp(max=T - 1)  # f_b
+        phase = torch.zeros_like(count) if seen is None else (seen.to(device) % C).long()  # r_b
+        T_mem = int((phase + count).max().clamp(min=1))
+
+        # compact: row b's token j at position j
+        j = positions[None, :]
+        compact_valid = j < count[:, None]
+        src = (first[:, None] + j).clamp(max=T - 1)
+        compact = projected.gather(1, src[..., None].expand(-1, -1, width)) * compact_valid[..., None]
+        x = torch.cat([conv_state.to(compact.dtype), compact.transpose(1, 2)], dim=-1)  # (B, width, K-1+T)
+        mixed = F.silu(F.conv1d(x, self.conv1d.weight, groups=width)).transpose(1, 2)
+        K1 = conv_state.shape[-1]
+        tail = count[:, None, None] + torch.arange(K1, device=device)  # last K-1 inputs of each row
+        new_conv = x.gather(2, tail.expand(-1, width, -1))
+
+        # aligned: row b's token j at position r_b + j (the compact layout when every r_b = 0)
+        p = torch.arange(T_mem, device=device)[None, :]
+        aligned_valid = (p >= phase[:, None]) & (p < (phase + count)[:, None])
+        if bool(phase.any()):
+            src = (p - phase[:, None]).clamp(0, T - 1)
+            mixed = mixed.gather(1, src[..., None].expand(-1, -1, width))
+        aligned = mixed[:, :T_mem] * aligned_valid[..., None]
+        row_ends = None if projected.is_cuda else phase + count  # CPU: also skips a row's chunks of padding
+        o, state, chunk_state = self._run_memory(aligned, state, chunk_state, 0, aligned_valid, row_ends=row_ends)
+
+        # back to the input's positions: original f_b + j <- aligned r_b + j
+        src = (positions[None, :] - first[:, None] + phase[:, None]).clamp(0, T_mem - 1)
+        flat = o.flatten(2).gather(1, src[..., None].expand(-1, -1, o.shape[2] * o.shape[3]))
+        o = (flat * real[..., None]).view(B, T, self.num_heads, self.head_dim)
+        return o, new_conv, state, chunk_state
 
     def _decode_step(self, projected, conv_state, state, chunk_state, seen, mask):
         """One token per row; rows may sit at different positions in their chunk."""

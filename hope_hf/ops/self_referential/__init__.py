@@ -22,7 +22,7 @@ def _cuda_kernel(head_dim: int, chunk_size: int, self_referential: bool):
 
 def self_referential_gated_delta_rule(
     u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
-    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False,
+    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False, row_ends=None,
 ):
     """Self-referential gated delta rule (DESIGN.md; Eq 83-93 of Nested Learning).
 
@@ -38,6 +38,11 @@ def self_referential_gated_delta_rule(
         chunk_offset: position of the first token inside its chunk (to continue a sequence).
         attention_mask: (B, T), 0 marks padding; padded tokens leave the state untouched.
         detach_values: stop-gradient on the self-generated values.
+        row_ends: (B,) or None; row b holds only padding from position row_ends[b] on. A chunk
+            boundary at position x then moves row b's chunk-start state to its running state
+            only if x <= row_ends[b], so the row keeps the chunk-start state it has alone across
+            its trailing padding (the titans mixer aligns the rows of a ragged batch to their
+            own chunk phases), and the CPU path skips a row's chunks of padding.
 
     Returns:
         o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state
@@ -48,7 +53,11 @@ def self_referential_gated_delta_rule(
     with ``self_referential=False``). Elsewhere: chunked torch.
     """
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
+    extra = {}
+    if row_ends is not None:  # the fused kernels do not take it
+        kernel = fla_self_referential_gated_delta_rule if u.is_cuda else kernel
+        extra["row_ends"] = row_ends
     return kernel(
         u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
-        chunk_offset, attention_mask, self_referential, detach_values,
+        chunk_offset, attention_mask, self_referential, detach_values, **extra,
     )

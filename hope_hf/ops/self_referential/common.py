@@ -116,6 +116,14 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def follow_boundary(row_ends, position, state, chunk_state):
+    """A chunk boundary at ``position``: the chunk-start state becomes the running state, except in
+    rows whose ``row_ends`` (B,) lies before it (their trailing padding, see the op's docstring)."""
+    if row_ends is None:
+        return state
+    return torch.where((position <= row_ends).view(-1, 1, 1, 1).to(state.device), state, chunk_state)
+
+
 def scan_chunks(
     u: torch.Tensor,
     q: torch.Tensor,
@@ -131,6 +139,7 @@ def scan_chunks(
     detach_values: bool,
     segment_fn,
     whole_sequence_if_static: bool = False,
+    row_ends: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run chunks in sequence; within a chunk, ``segment_fn`` evaluates the gated delta rule.
 
@@ -157,7 +166,7 @@ def scan_chunks(
     outputs = []
     for start, end in zip(starts, ends):
         if self_referential and start > 0:
-            chunk_state = state
+            chunk_state = follow_boundary(row_ends, start, state, chunk_state)
         mask = None if attention_mask is None else attention_mask[:, start:end]
         k, v, eta, alpha = project(u[:, :, start:end], chunk_state, b_eta, b_alpha, eta_max, mask)
         w = memory_targets(k, v, chunk_state, detach_values)
@@ -167,5 +176,5 @@ def scan_chunks(
     o = torch.cat(outputs, dim=2).transpose(1, 2)
 
     if self_referential and (chunk_offset + T) % chunk_size == 0:
-        chunk_state = state
+        chunk_state = follow_boundary(row_ends, T, state, chunk_state)
     return o.to(in_dtype), state, chunk_state

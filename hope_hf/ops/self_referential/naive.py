@@ -9,7 +9,7 @@ For each token t (DESIGN.md, Eq 90 and 93), with S_c the state at the start of t
 
 import torch
 
-from .common import check_inputs, compute_dtype, memory_slices, memory_targets, project
+from .common import check_inputs, compute_dtype, follow_boundary, memory_slices, memory_targets, project
 
 
 def naive_self_referential_gated_delta_rule(
@@ -25,6 +25,7 @@ def naive_self_referential_gated_delta_rule(
     attention_mask: torch.Tensor | None = None,
     self_referential: bool = True,
     detach_values: bool = False,
+    row_ends: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
     check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
@@ -39,7 +40,7 @@ def naive_self_referential_gated_delta_rule(
     outputs = []
     for t in range(T):
         if self_referential and t > 0 and (chunk_offset + t) % chunk_size == 0:
-            chunk_state = state
+            chunk_state = follow_boundary(row_ends, t, state, chunk_state)
         u_t, q_t = u[:, :, t : t + 1], q[:, :, t : t + 1]  # (B, H, 1, d)
         mask_t = None if attention_mask is None else attention_mask[:, t : t + 1]
         k, v, eta, alpha = project(u_t, chunk_state, b_eta, b_alpha, eta_max, mask_t)
@@ -52,5 +53,5 @@ def naive_self_referential_gated_delta_rule(
 
     ends_on_boundary = (chunk_offset + T) % chunk_size == 0
     if self_referential and ends_on_boundary:
-        chunk_state = state
+        chunk_state = follow_boundary(row_ends, T, state, chunk_state)
     return o.to(in_dtype), state, chunk_state

@@ -1,0 +1,186 @@
+"""The titans CPU paths against what they replaced, both sides in one process, interleaved.
+
+1. The self-referential op, forward + backward (B=1, H=4, d=64, chunk 64, the model's shape):
+   ``autograd`` = the chunk loop written as torch ops with autograd's backward (``scan_chunks``
+   + ``delta_rule_chunk``, the CPU path before ChunkScan) vs ``chunk_scan`` = the current path
+   (one autograd.Function, hand-written backward). Also the operator calls and the time split of
+   one fwd+bwd from torch.profiler.
+2. A left-padded batch of 8 rows of different lengths (and, with a cache, different chunk
+   phases) through one titans mixer, short (prompts, T=48) and long (T=512): ``aligned`` (one call, each row at its own chunk phase)
+   vs ``per_row`` (the loop over rows), forward without grad and forward + backward.
+Writes evaluation/results/bench_titans_paths.json and .png.
+
+    python evaluation/benchmarks/bench_titans_paths.py            # ~1 minute on quiet cores
+    python evaluation/benchmarks/bench_titans_paths.py --threads 1 --results-name bench_titans_paths_1thread
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+# python puts a script's folder first on the path: this folder's kernels.py would shadow the
+# `kernels` package that transformers probes for, and importing Llama then fails
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from common import RESULTS, time_interleaved, write_results  # noqa: E402
+
+sys.path.pop(0)
+
+from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width  # noqa: E402
+from hope_hf.ops.self_referential.chunk import delta_rule_chunk  # noqa: E402
+from hope_hf.ops.self_referential.common import scan_chunks  # noqa: E402
+
+
+def autograd_path(u, q, b_eta, b_alpha, state, chunk_size):
+    return scan_chunks(u, q, b_eta, b_alpha, state, chunk_size, 1.0, None, 0, None, True, False,
+                       segment_fn=delta_rule_chunk)
+
+
+def op_inputs(T, heads, head_dim):
+    u = F.normalize(torch.randn(1, T, heads, head_dim), dim=-1).requires_grad_()
+    q = F.normalize(torch.randn(1, T, heads, head_dim), dim=-1).requires_grad_()
+    b_eta = torch.zeros(heads, requires_grad=True)
+    b_alpha = torch.full((heads,), 3.0, requires_grad=True)
+    state = (0.02 * torch.randn(1, heads, head_dim, state_width(head_dim))).requires_grad_()
+    return u, q, b_eta, b_alpha, state
+
+
+def op_fns(T, heads, head_dim, chunk_size):
+    inputs = op_inputs(T, heads, head_dim)
+
+    def run(kernel):
+        def fwd_bwd():
+            o, s, _ = kernel(*inputs, chunk_size)
+            (o.sum() + s.sum()).backward()
+        return fwd_bwd
+
+    return {"autograd": run(autograd_path), "chunk_scan": run(chunk_self_referential_gated_delta_rule)}, inputs
+
+
+def profile_fn(fn):
+    """Operator calls (top-level aten ops and autograd nodes) and self CPU time by op."""
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total_ms = sum(e.self_cpu_time_total for e in events) / 1e3
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {
+        "op_calls": sum(e.count for e in events),
+        "bmm_calls": sum(e.count for e in events if e.key in ("aten::bmm", "aten::mm")),
+        "self_cpu_ms": total_ms,
+        "top_ops": [{"op": e.key, "calls": e.count, "share": e.self_cpu_time_total / 1e3 / total_ms} for e in top],
+    }
+
+
+def padded_batch_fns(mixer, lengths, T, with_cache, grad):
+    """A left-padded batch through ``mixer``: the aligned call vs the per-row loop."""
+    B, width = len(lengths), 2 * mixer.num_heads * mixer.head_dim
+    projected = torch.randn(B, T, width, requires_grad=grad)
+    mask = (torch.arange(T)[None] >= (T - torch.tensor(lengths))[:, None]).long()
+    conv_state = torch.zeros(B, width, mixer.conv1d.kernel_size[0] - 1)
+    state = mixer.initial_state.detach().expand(B, -1, -1, -1)
+    seen = torch.arange(B) * 7 if with_cache else None  # rows at different chunk phases
+    memory = (conv_state, state, state)
+
+    def run(path):
+        def call():
+            with torch.set_grad_enabled(grad):
+                o = path(projected, *memory, seen, mask)[0]
+                if grad:
+                    o.sum().backward()
+        return call
+
+    return {"aligned": run(mixer._aligned), "per_row": run(mixer._per_row)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=48, help="padded length of the short batch of 8")
+    parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results-name", default="bench_titans_paths", help="JSON/PNG name in evaluation/results/")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    head_dim = args.hidden_size // args.heads
+
+    fns, inputs = op_fns(args.seq_len, args.heads, head_dim, args.chunk_size)
+    with torch.no_grad():
+        outs = {name: (autograd_path if name == "autograd" else chunk_self_referential_gated_delta_rule)(
+            *inputs, args.chunk_size) for name in fns}
+    max_diff = max((a - b).abs().max().item() for a, b in zip(outs["autograd"], outs["chunk_scan"]))
+    op = time_interleaved(fns, repeats=args.repeats, desc="op fwd+bwd")
+    op_row = {
+        "setting": f"B=1, H={args.heads}, d={head_dim}, T={args.seq_len}, chunk {args.chunk_size}, fwd+bwd",
+        "median_s": {n: t["median_s"] for n, t in op.items()},
+        "speedup_chunk_scan_over_autograd": op["autograd"]["median_s"] / op["chunk_scan"]["median_s"],
+        "max_abs_diff_outputs": max_diff,
+        "profile": {name: profile_fn(fn) for name, fn in fns.items()},
+    }
+    print(f"op fwd+bwd: autograd {op_row['median_s']['autograd'] * 1e3:.0f} ms, chunk_scan "
+          f"{op_row['median_s']['chunk_scan'] * 1e3:.0f} ms, x{op_row['speedup_chunk_scan_over_autograd']:.2f}; op calls "
+          f"{op_row['profile']['autograd']['op_calls']} -> {op_row['profile']['chunk_scan']['op_calls']}")
+
+    config = HopeConfig(mixer="titans", hidden_size=args.hidden_size, num_attention_heads=args.heads,
+                        num_hidden_layers=1, intermediate_size=64, vocab_size=256, titans_chunk_size=args.chunk_size)
+    mixer = HopeForCausalLM(config).model.layers[0].mixer
+    batch_rows = []
+    settings = [(args.prompt_len, False, False), (args.prompt_len, True, False), (args.prompt_len, False, True),
+                (args.batch_seq_len, False, False), (args.batch_seq_len, False, True)]
+    for T, with_cache, grad in settings:
+        lengths = [T - (T // 9) * i for i in range(8)]  # from T down to about T/9 real tokens
+        timing = time_interleaved(padded_batch_fns(mixer, lengths, T, with_cache, grad), repeats=args.repeats,
+                                  desc=f"batch of 8 T={T} cache={with_cache} grad={grad}")
+        row = {
+            "padded_length": T,
+            "setting": f"batch 8, padded length {T}, lengths {lengths}, "
+                       f"{'rows at chunk phases 0,7,14,...' if with_cache else 'no cache'}, "
+                       f"{'forward + backward' if grad else 'forward, no grad'}",
+            "median_s": {n: t["median_s"] for n, t in timing.items()},
+            "speedup_aligned_over_per_row": timing["per_row"]["median_s"] / timing["aligned"]["median_s"],
+        }
+        batch_rows.append(row)
+        print(f"{row['setting']}: x{row['speedup_aligned_over_per_row']:.2f}")
+    write_results(args.results_name, {"config": vars(args), "op": op_row, "left_padded_batch": batch_rows})
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(op_row["median_s"])
+    bars = axes[0].bar(names, [op_row["median_s"][n] * 1e3 for n in names], color=["tab:gray", "tab:blue"])
+    axes[0].bar_label(bars, fmt="%.0f ms")
+    axes[0].set_title(f"self-referential op fwd+bwd, T={args.seq_len}\n"
+                      f"x{op_row['speedup_chunk_scan_over_autograd']:.2f}")
+    labels = [f"T={r['padded_length']}\n{'fwd+bwd' if 'backward' in r['setting'] else 'fwd'}"
+              f"{', phases' if 'phases' in r['setting'] else ''}" for r in batch_rows]
+    xs = range(len(batch_rows))
+    for offset, name, color in [(-0.2, "per_row", "tab:gray"), (0.2, "aligned", "tab:blue")]:
+        axes[1].bar([x + offset for x in xs], [r["median_s"][name] * 1e3 for r in batch_rows], 0.4, label=name,
+                    color=color)
+    axes[1].set_xticks(list(xs), [f"{lab}\nx{r['speedup_aligned_over_per_row']:.1f}" for lab, r in zip(labels, batch_rows)],
+                       fontsize=7)
+    axes[1].set_ylabel("ms")
+    axes[1].set_yscale("log")
+    axes[1].set_title("left-padded batch of 8 through one titans mixer")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

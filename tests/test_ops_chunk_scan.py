@@ -1,0 +1,110 @@
+"""The chunk path's hand-written backward (ChunkScan) and the ``row_ends`` argument, held to
+the token-by-token reference in fp64 and to torch.autograd.gradcheck."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width
+from hope_hf.ops.self_referential.chunk import ChunkScan
+
+B, H, D = 3, 2, 4
+
+
+def make_inputs(T, dtype=torch.float64):
+    u = F.normalize(torch.randn(B, T, H, D, dtype=dtype), dim=-1)
+    q = F.normalize(torch.randn(B, T, H, D, dtype=dtype), dim=-1)
+    b_eta, b_alpha = torch.randn(H, dtype=dtype), torch.randn(H, dtype=dtype) + 2.0
+    state = 0.3 * torch.randn(B, H, D, state_width(D), dtype=dtype)
+    chunk_state = 0.3 * torch.randn_like(state)
+    return [x.requires_grad_() for x in (u, q, b_eta, b_alpha, state, chunk_state)]
+
+
+def ragged_mask(T):
+    """Row 0 full, row 1 left-padded, row 2 padded on both sides (as the titans mixer aligns rows)."""
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :2] = 0
+    mask[2, T - 6 :] = 0
+    return mask
+
+
+@pytest.mark.parametrize("self_referential", [True, False])
+@pytest.mark.parametrize("detach_values", [False, True])
+@pytest.mark.parametrize("chunk_offset", [0, 3])
+@pytest.mark.parametrize("with_row_ends", [False, True])
+def test_outputs_and_all_gradients_match_reference_fp64(self_referential, detach_values, chunk_offset, with_row_ends):
+    """T=21 with chunk 5 (not a multiple), padding, an offset, both initial states, row_ends that
+    stop inside, at and before the last boundary; every output and every input's gradient."""
+    T, chunk_size = 21, 5
+    inputs = make_inputs(T)
+    mask = ragged_mask(T)
+    row_ends = None
+    if with_row_ends:  # positions from row_ends on are padding
+        mask[1, 19:] = 0
+        row_ends = torch.tensor([T, 19, T - 6])
+
+    def run(kernel):
+        u, q, be, ba, s, c = inputs
+        return kernel(u, q, be, ba, s, chunk_size, 0.8, c, chunk_offset, mask, self_referential, detach_values,
+                      row_ends=row_ends)
+
+    torch.manual_seed(0)
+    weights = [torch.randn(B, T, H, D, dtype=torch.float64), *torch.randn(2, B, H, D, state_width(D), dtype=torch.float64)]
+    results = []
+    for kernel in (naive_self_referential_gated_delta_rule, chunk_self_referential_gated_delta_rule):
+        out = run(kernel)
+        loss = sum((w * x).sum() for w, x in zip(weights, out))
+        results.append((out, torch.autograd.grad(loss, inputs, allow_unused=True)))
+    (out_ref, grads_ref), (out_chunk, grads_chunk) = results
+    for name, a, b in zip(("o", "state", "chunk_state"), out_chunk, out_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"{name}: {m}")
+    for name, a, b in zip(("u", "q", "b_eta", "b_alpha", "state", "chunk_state"), grads_chunk, grads_ref):
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_row_ends_keep_the_chunk_start_state_in_trailing_padding():
+    """A row with trailing padding across boundaries ends with the chunk-start state it has alone."""
+    T, chunk_size = 13, 4
+    u, q, be, ba, s, _ = (x.detach() for x in make_inputs(T))
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[:, 6:] = 0  # 6 real tokens: the row's own last chunk starts at 4
+    _, s_alone, c_alone = chunk_self_referential_gated_delta_rule(u[:, :6], q[:, :6], be, ba, s, chunk_size)
+    _, s_pad, c_pad = chunk_self_referential_gated_delta_rule(
+        u, q, be, ba, s, chunk_size, attention_mask=mask, row_ends=torch.full((B,), 6)
+    )
+    torch.testing.assert_close(s_pad, s_alone, atol=1e-12, rtol=0)
+    torch.testing.assert_close(c_pad, c_alone, atol=1e-12, rtol=0)
+    _, _, c_plain = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, attention_mask=mask)
+    assert not torch.allclose(c_plain, c_alone)  # without row_ends the boundary at 8 moves it
+
+
+def test_gradcheck_tiny():
+    T, chunk_size = 7, 3
+    u, q, be, ba, s, c = (x.detach() for x in make_inputs(T))
+    u, q = u[:1, :, :1].contiguous(), q[:1, :, :1].contiguous()  # (1, T, 1, D)
+    s, c, be, ba = s[:1, :1].contiguous(), c[:1, :1].contiguous(), be[:1], ba[:1]
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    row_ends = torch.tensor([6])
+    args = [x.requires_grad_() for x in (u, q, be, ba, s, c)]
+
+    def fn(u, q, be, ba, s, c):
+        return ChunkScan.apply(u.transpose(1, 2), q.transpose(1, 2), be, ba, s, c, mask, row_ends, chunk_size, 0.9, 1,
+                               True, False)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+def test_vmap_over_rows_matches_the_batched_call():
+    """Under torch.func.vmap (e.g. per-row fast weights) the op falls back to the autograd loop."""
+    T, chunk_size = 9, 4
+    u, q, be, ba, s, c = (x.detach() for x in make_inputs(T))
+    o, state, chunk = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, 0.8, c)
+
+    def one_row(u, q, s, c):
+        out = chunk_self_referential_gated_delta_rule(u[None], q[None], be, ba, s[None], chunk_size, 0.8, c[None])
+        return tuple(x[0] for x in out)
+
+    for a, b in zip(torch.func.vmap(one_row)(u, q, s, c), (o, state, chunk)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
