@@ -5,7 +5,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from hope_hf import HopeForCausalLM, HopeModel
 from hope_hf.modeling import ContinuumMemorySystem
-from hope_hf.transformers_compat import output_cache
+from hope_hf.transformers_compat import CACHE_ARG, output_cache
 
 from helpers import CONFIGS, random_ids, tiny_config, tiny_model, train_on_repeated_motif
 
@@ -73,6 +73,22 @@ def test_greedy_generate_same_with_and_without_cache(name):
     without_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
     assert with_cache.shape == (2, 18)
     assert torch.equal(with_cache, without_cache)
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_generate_continues_from_a_filled_cache(name):
+    """New tokens only, with a mask over the cached and new tokens (the form transformers continues
+    from for every cache: from 5.24 it does not cut the tokens already cached off the input when all
+    layers are recurrent): the same scores as generating from the whole sequence."""
+    model = tiny_model(**CONFIGS[name])
+    document, question = random_ids(1, 21), random_ids(1, 3)
+    with torch.no_grad():
+        cache = output_cache(model(document, use_cache=True))
+    kwargs = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    mask = torch.ones(1, 24, dtype=torch.long)
+    continued = model.generate(question, attention_mask=mask, **{CACHE_ARG: cache}, **kwargs)
+    whole = model.generate(torch.cat([document, question], 1), **kwargs)
+    torch.testing.assert_close(torch.stack(continued.scores), torch.stack(whole.scores), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -187,13 +187,23 @@ class InContextLearner:
 
     @torch.no_grad()
     def generate(self, state: ReadingState, input_ids: torch.Tensor, **generate_kwargs) -> torch.Tensor:
-        """Continue after reading: ``model.generate`` on (read tokens + ``input_ids``) with this
-        sequence's cache and fast weights. Returns only the new tokens. The cache is used up."""
-        full = torch.cat([state.input_ids, input_ids], dim=1)
+        """Continue after reading: ``model.generate`` on ``input_ids`` (1, T) with this sequence's
+        cache and fast weights. Returns only the new tokens. The cache is used up.
+
+        Only the new tokens go in, with an attention mask that also covers the tokens read: the one
+        form transformers continues from for every cache (recurrent layers only, or with attention
+        layers) on every supported release."""
+        new_mask = generate_kwargs.pop("attention_mask", None)
+        if new_mask is None:
+            new_mask = torch.ones_like(input_ids)
+        read_mask = torch.ones_like(state.input_ids)
+        attention_mask = torch.cat([read_mask, new_mask.to(read_mask.dtype)], dim=1)
         with _reparametrize_module(self.model, state.fast_weights):
-            out = self.model.generate(full, **{CACHE_ARG: state.cache}, **generate_kwargs)
+            out = self.model.generate(
+                input_ids, attention_mask=attention_mask, **{CACHE_ARG: state.cache}, **generate_kwargs
+            )
         state.cache = None
-        return out[:, full.shape[1] :]
+        return out[:, input_ids.shape[1] :]
 
 
 def detach_cache(cache):
