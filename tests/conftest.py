@@ -18,6 +18,11 @@ def pytest_report_header(config):
     return f"hope-hf test seed: HOPE_TEST_SEED={SESSION_SEED}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Also at the end: pytest -q (what the scripts run) shows no header."""
+    terminalreporter.write_line(f"hope-hf test seed: HOPE_TEST_SEED={SESSION_SEED}")
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """Scripts run in-process may call torch.set_num_threads; a changed thread count changes
