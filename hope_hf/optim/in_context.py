@@ -3,7 +3,9 @@
 ``InContextLearner`` reads a long input in segments with the recurrent cache. Every segment
 gives each CMS level the gradient of the next-token loss of the tokens just read, taken on
 per-sequence fast weights (first-order: the cache from earlier segments is a constant); level l
-sums them and, every ``period_l`` segments, takes one SGD step with the mean over its chunk.
+sums them and, every ``period_l`` segments, takes one step with the mean over its chunk: SGD
+(``rule="sgd"``, the exact Eq 71) or Adam with per-sequence moments (``rule="adam"``), optionally
+clipped per level and pulled back toward the level's initial state (``decay``).
 The model's parameters are never changed, and every batch row has its own fast weights and
 cache (rows are read one by one).
 
