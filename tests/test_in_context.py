@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from hope_hf import InContextLearner
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hope_hf import InContextLearner, LlamaCMSForCausalLM
 
 from helpers import CONFIGS, random_ids, tiny_model
 
@@ -39,27 +41,81 @@ def test_updates_lower_the_loss_of_a_repeated_passage():
         assert torch.equal(p, params_before[n]), n
 
 
-def test_batch_rows_have_their_own_fast_weights():
-    model = tiny_model(mixer="titans")
-    a, b = random_ids(1, 30), random_ids(1, 30)
-    learner = InContextLearner(model, lr=5.0, segment_size=8)
-    together = learner.read(torch.cat([a, b]))
-    alone = [learner.read(a)[0], learner.read(b)[0]]
-    for joint, single in zip(together, alone):
-        torch.testing.assert_close(joint.logits, single.logits, atol=0, rtol=0)
-        for n, w in joint.fast_weights.items():
-            torch.testing.assert_close(w, single.fast_weights[n], atol=0, rtol=0)
+def llama_cms():
+    config = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=None, bos_token_id=1)
+    return LlamaCMSForCausalLM.from_llama(LlamaForCausalLM(config), cms_levels=[
+        {"intermediate_size": 64, "update_period": 1}, {"intermediate_size": 16, "update_period": 2}]).eval()
+
+
+MODELS = {name: (lambda name=name: tiny_model(**CONFIGS[name])) for name in ("titans", "hybrid", "attention")}
+MODELS["llama_cms"] = llama_cms
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_padded_batch_reads_each_row_as_it_reads_alone(name):
+    """Rows of 30, 17, 9 and 24 tokens (segments of 8: a row may end one token into a segment),
+    left- and right-padded, read together: every row's logits, losses, steps, fast weights,
+    moments and cache are those of reading it alone (fp64)."""
+    model = MODELS[name]().double()
+    lengths, width = [30, 17, 9, 24], 33
+    rows = [random_ids(1, n)[0] for n in lengths]
+    batch, mask = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        place = slice(width - len(row), width) if b % 2 else slice(2, 2 + len(row))  # left / right padding
+        batch[b, place], mask[b, place] = row, 1
+    learner = InContextLearner(model, lr=0.2, segment_size=8, rule="adam", max_grad_norm=0.5, decay=0.05)
+    together = learner.read(batch, mask)
+    question = random_ids(1, 3)
+    for row, joint in zip(rows, together):
+        single = learner.read(row[None])[0]
+        torch.testing.assert_close(joint.logits, single.logits, atol=1e-10, rtol=0)
+        assert joint.updates == single.updates and len(joint.segment_losses) == len(single.segment_losses)
+        torch.testing.assert_close(joint.segment_losses, single.segment_losses, atol=1e-10, rtol=0)
+        for n, w in single.fast_weights.items():
+            torch.testing.assert_close(joint.fast_weights[n], w, atol=1e-10, rtol=0)
+        assert joint.moments.keys() == single.moments.keys()
+        torch.testing.assert_close(joint.moments, single.moments, atol=1e-10, rtol=0)
+        assert_same_cache(joint.cache, single.cache)
+        answers = [learner.generate(state, question, max_new_tokens=4, do_sample=False) for state in (joint, single)]
+        assert torch.equal(answers[0], answers[1])
     assert any(not torch.equal(together[0].fast_weights[n], together[1].fast_weights[n]) for n in together[0].fast_weights)
 
 
-def test_padded_rows_read_only_their_tokens():
+def assert_same_cache(cache, expected):
+    assert cache.get_seq_length() == expected.get_seq_length()
+    for layer, expected_layer in zip(cache.layers, expected.layers, strict=True):
+        tensors = {k: v for k, v in vars(expected_layer).items() if isinstance(v, (torch.Tensor, dict))}
+        assert tensors, type(expected_layer).__name__
+        for attr, value in tensors.items():
+            torch.testing.assert_close(getattr(layer, attr), value, atol=1e-10, rtol=0, msg=attr)
+
+
+def test_segment_losses_include_the_pair_across_each_boundary():
+    """At lr 0, segment i's loss is the mean next-token loss of the pairs whose input token is in
+    segment i: the last token of a segment predicts the first of the next."""
     model = tiny_model(mixer="titans")
-    row = random_ids(1, 20)
-    batch = torch.cat([torch.zeros(1, 5, dtype=torch.long), row], dim=1)
-    mask = torch.ones_like(batch)
-    mask[0, :5] = 0
-    learner = InContextLearner(model, lr=1.0, segment_size=8)
-    torch.testing.assert_close(learner.read(batch, mask)[0].logits, learner.read(row)[0].logits, atol=0, rtol=0)
+    ids = random_ids(1, 21)
+    with torch.no_grad():
+        token_losses = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
+    state = InContextLearner(model, lr=0.0, segment_size=8).read(ids)[0]
+    expected = [token_losses[0:8].mean(), token_losses[8:16].mean(), token_losses[16:20].mean()]
+    torch.testing.assert_close(torch.tensor(state.segment_losses), torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_first_sgd_step_is_the_gradient_of_the_first_segments_mean_loss():
+    """Eq 71 with SGD, checked against plain autograd on the model: after one segment of 8 tokens
+    (8 pairs, the boundary one included), a period-1 level holds W0 - lr * grad of their mean loss."""
+    model = tiny_model(mixer="titans").double()
+    ids, lr = random_ids(1, 12), 0.5
+    state = InContextLearner(model, lr=lr, segment_size=8, periods=[1, None]).read(ids[:, :9])[0]
+    logits = model(ids[:, :8]).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:9])
+    level0 = [(n, p) for n, p in model.named_parameters() if ".cms.levels.0." in n]
+    grads = torch.autograd.grad(loss, [p for _, p in level0])
+    assert max(lr * g.abs().max() for g in grads) > 1e-4  # a step that shows
+    for (n, p), g in zip(level0, grads):
+        torch.testing.assert_close(state.fast_weights[n], p.detach() - lr * g, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["titans", "hybrid"])

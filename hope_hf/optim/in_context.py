@@ -7,7 +7,7 @@ sums them and, every ``period_l`` segments, takes one step with the mean over it
 (``rule="sgd"``, the exact Eq 71) or Adam with per-sequence moments (``rule="adam"``), optionally
 clipped per level and pulled back toward the level's initial state (``decay``).
 The model's parameters are never changed, and every batch row has its own fast weights and
-cache (rows are read one by one).
+cache: rows are read together, each CMS linear layer computing row b with row b's weights.
 
     learner = InContextLearner(model, lr=1e-2, segment_size=64)
     [state] = learner.read(document_ids)                  # (1, T) -> one ReadingState per row
@@ -15,15 +15,19 @@ cache (rows are read one by one).
 
 Nested variant (Eq 72): at the pulse of level s, level s+1's fast weights are reset to their
 initial state, which first takes level s's step with the gradients level s+1 saw during that
-chunk (first-order meta-learning). Only next-token pairs inside a segment enter the loss.
+chunk (first-order meta-learning). A segment's loss counts every next-token pair whose input
+token is in it, the pair across the boundary to the next segment included.
 """
 
+import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.nn.utils.rnn import pad_sequence
 from torch.nn.utils.stateless import _reparametrize_module
 
 from ..transformers_compat import CACHE_ARG, output_cache
@@ -45,6 +49,50 @@ class ReadingState:
 
 
 UPDATE_RULES = ("sgd", "adam")
+
+
+@dataclass
+class _BatchReading:
+    """The reading state of the rows still being read, each tensor with the batch first."""
+
+    rows: list[int]  # position in the caller's batch of each row here
+    fast_weights: dict[str, torch.Tensor]  # (B, *param shape)
+    held: dict[str, torch.Tensor]  # summed gradients since the level's last step
+    meta_held: dict[str, torch.Tensor]  # nested: gradients of a child since its parent's last step
+    initial_weights: dict[str, torch.Tensor]  # nested: children's initial states
+    tokens_held: dict[str, torch.Tensor]  # level name -> (B,) next-token pairs since its last step
+    updates: dict[str, torch.Tensor]  # level name -> (B,) steps taken
+    losses: list[list[float]]
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    cache: object = None
+    logits: list[torch.Tensor] = field(default_factory=list)  # one (B, segment, vocab) per segment
+
+    def select(self, keep: torch.Tensor) -> "_BatchReading":
+        """The same reading with only the rows at positions ``keep``."""
+        pick = lambda tensors: {name: t[keep] for name, t in tensors.items()}
+        return _BatchReading(
+            rows=[self.rows[i] for i in keep.tolist()],
+            fast_weights=pick(self.fast_weights), held=pick(self.held), meta_held=pick(self.meta_held),
+            initial_weights=pick(self.initial_weights), tokens_held=pick(self.tokens_held),
+            updates=pick(self.updates), losses=[self.losses[i] for i in keep.tolist()],
+            moments={name: (m[keep], v[keep]) for name, (m, v) in self.moments.items()},
+            cache=select_cache_rows(self.cache, keep), logits=[t[keep] for t in self.logits],
+        )
+
+    def row_state(self, i: int, input_ids: torch.Tensor, length: int) -> ReadingState:
+        """What reading row ``i`` (``length`` tokens, then padding) leaves behind."""
+        return ReadingState(
+            fast_weights={name: t[i] for name, t in self.fast_weights.items()},
+            cache=select_cache_rows(self.cache, torch.tensor([i]), length),
+            input_ids=input_ids,
+            logits=torch.cat([t[i] for t in self.logits])[:length],
+            segment_losses=self.losses[i],
+            updates={name: int(n[i]) for name, n in self.updates.items()},
+            initial_weights={name: t[i] for name, t in self.initial_weights.items()},
+            moments={name: (m[i], v[i]) for name, (m, v) in self.moments.items()},
+        )
+
+
 
 
 class InContextLearner:
@@ -89,94 +137,120 @@ class InContextLearner:
         self.lrs = [float(x) for x in lrs]
 
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[ReadingState]:
-        """Read every row of ``input_ids`` (B, T); padded positions (mask 0) are dropped."""
+        """Read every row of ``input_ids`` (B, T) in one batch; padded positions (mask 0) are dropped,
+        so rows may have different lengths. Returns one ReadingState per row."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}")
-        states = []
-        for b in range(input_ids.shape[0]):
-            row = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
-            states.append(self._read_row(row[None]))
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+            )
+        rows = [ids if attention_mask is None else ids[attention_mask[b].bool()] for b, ids in enumerate(input_ids)]
+        if any(row.numel() == 0 for row in rows):
+            raise ValueError("every row of input_ids needs at least one token that is not padding")
+        lengths = torch.tensor([row.numel() for row in rows])
+        ids = pad_sequence(rows, batch_first=True)  # (B, T), right-padded: every row starts at position 0
+        # the target of token t is token t+1, also across a segment boundary; none after a row's last token
+        targets = torch.cat([ids[:, 1:], ids.new_zeros(len(rows), 1)], dim=1)
+        has_target = torch.arange(ids.shape[1])[None, :] < (lengths - 1)[:, None]
+        batch = self._start(len(rows), ids.device)
+        states: list[ReadingState | None] = [None] * len(rows)
+        for segment_index, start in enumerate(range(0, ids.shape[1], self.segment_size), start=1):
+            end = start + self.segment_size
+            rows_here = batch.rows
+            real = (torch.arange(start, min(end, ids.shape[1]))[None, :] < lengths[rows_here, None]).to(ids.device)
+            self._segment(batch, ids[rows_here, start:end], targets[rows_here, start:end],
+                          has_target[rows_here, start:end].to(ids.device), real, start)
+            self._pulse(segment_index, batch)
+            finished = lengths[rows_here] <= end
+            for i in finished.nonzero().flatten().tolist():
+                b = rows_here[i]
+                states[b] = batch.row_state(i, rows[b][None], int(lengths[b]))
+            if bool(finished.any()):
+                batch = batch.select((~finished).nonzero().flatten())
         return states
 
-    def _read_row(self, ids: torch.Tensor) -> ReadingState:
-        names = [name for level in self.levels for name, _ in level.params]
+    def _start(self, batch_size: int, device) -> "_BatchReading":
         params = dict(self.model.named_parameters())
-        fast = {name: params[name].detach().clone() for name in names}
-        initial = {name: fast[name].clone() for level in self.levels if level.child for name, _ in level.child.params}
-        held = {name: torch.zeros_like(t) for name, t in fast.items()}
-        meta_held = {name: torch.zeros_like(initial[name]) for name in initial}
-        tokens_held = {level.name: 0 for level in self.levels}
-        state = ReadingState(fast, None, ids, None, updates={level.name: 0 for level in self.levels})
-        state.initial_weights = initial
-        logits = []
-        for segment_index, start in enumerate(range(0, ids.shape[1], self.segment_size), start=1):
-            segment = ids[:, start : start + self.segment_size]
-            out_logits, loss, grads = self._segment(segment, state)
-            logits.append(out_logits)
-            n_pairs = segment.shape[1] - 1
-            state.segment_losses.append(loss / max(n_pairs, 1))
-            for name, g in grads.items():
-                held[name] += g
-                if name in meta_held:
-                    meta_held[name] += g
-            for level in self.levels:
-                tokens_held[level.name] += n_pairs
-            self._pulse(segment_index, state, held, meta_held, initial, tokens_held)
-        state.logits = torch.cat(logits, dim=1)[0]
-        return state
+        per_row = lambda name: params[name].detach().unsqueeze(0).repeat(batch_size, *[1] * params[name].dim())
+        fast = {name: per_row(name) for level in self.levels for name, _ in level.params}
+        initial = {name: per_row(name) for level in self.levels if level.child for name, _ in level.child.params}
+        zeros = torch.zeros(batch_size, device=device)
+        return _BatchReading(
+            rows=list(range(batch_size)),
+            fast_weights=fast,
+            held={name: torch.zeros_like(t) for name, t in fast.items()},
+            meta_held={name: torch.zeros_like(t) for name, t in initial.items()},
+            initial_weights=initial,
+            tokens_held={level.name: zeros.clone() for level in self.levels},
+            updates={level.name: zeros.clone().long() for level in self.levels},
+            losses=[[] for _ in range(batch_size)],
+        )
 
-    def _segment(self, segment: torch.Tensor, state: ReadingState):
-        """Forward one segment with the fast weights; gradient of its summed next-token loss."""
-        fast = {name: t.detach().requires_grad_() for name, t in state.fast_weights.items()}
-        with torch.enable_grad():
-            out = functional_call(
-                self.model, fast, args=(), kwargs={"input_ids": segment, CACHE_ARG: state.cache, "use_cache": True}
-            )
-            loss = torch.zeros((), device=segment.device)
-            if segment.shape[1] > 1:
-                loss = F.cross_entropy(out.logits[0, :-1].float(), segment[0, 1:], reduction="sum")
-            grads = torch.autograd.grad(loss, list(fast.values()), allow_unused=True) if loss.requires_grad else []
-        state.cache = detach_cache(output_cache(out))
-        grads = {name: g for name, g in zip(fast, grads) if g is not None}
-        return out.logits.detach(), loss.item(), grads
+    def _segment(self, batch, segment, targets, has_target, real, start: int) -> None:
+        """Forward one segment with each row's fast weights; add the gradient of each row's summed
+        next-token loss to what its levels hold."""
+        fast = {name: t.detach().requires_grad_() for name, t in batch.fast_weights.items()}
+        # a mask only where a row ends inside this segment (every earlier position of the batch is real)
+        mask = None if bool(real.all()) else torch.cat([real.new_ones(len(real), start), real], dim=1).long()
+        with torch.enable_grad(), per_row_linear_weights(self.model, fast):
+            out = self.model(input_ids=segment, attention_mask=mask, use_cache=True, **{CACHE_ARG: batch.cache})
+            logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))  # fp32 at least
+            token_losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            row_losses = (token_losses * has_target).sum(-1)  # (B,)
+            grads = torch.autograd.grad(row_losses.sum(), list(fast.values()), allow_unused=True)
+        batch.cache = detach_cache(output_cache(out))
+        batch.logits.append(out.logits.detach())
+        pairs = has_target.sum(-1)
+        for i, (loss, n) in enumerate(zip(row_losses.tolist(), pairs.tolist())):
+            if n:
+                batch.losses[i].append(loss / n)
+        for name, g in zip(fast, grads):
+            if g is not None:
+                batch.held[name] += g
+                if name in batch.meta_held:
+                    batch.meta_held[name] += g
+        for level in self.levels:
+            batch.tokens_held[level.name] += pairs.to(batch.tokens_held[level.name].dtype)
 
     @torch.no_grad()
-    def _pulse(self, segment_index, state, held, meta_held, initial, tokens_held) -> None:
+    def _pulse(self, segment_index: int, batch) -> None:
+        """Every level whose period ends at this segment takes its step, row by row in parallel."""
         for level in self.levels:
             if level.period is None or segment_index % level.period != 0:
                 continue
-            tokens = max(tokens_held[level.name], 1)
-            mean_grads = {name: held[name] / tokens for name, _ in level.params}
-            state.updates[level.name] += 1
-            for name, step in self._steps(level, mean_grads, state).items():
-                state.fast_weights[name] = self._decayed(name, state.fast_weights[name] - step, initial)
-                held[name].zero_()
-            tokens_held[level.name] = 0
+            tokens = batch.tokens_held[level.name].clamp(min=1)  # (B,)
+            mean_grads = {name: batch.held[name] / _rows(tokens, batch.held[name]) for name, _ in level.params}
+            batch.updates[level.name] += 1
+            for name, step in self._steps(level, mean_grads, batch).items():
+                batch.fast_weights[name] = self._decayed(name, batch.fast_weights[name] - step, batch.initial_weights)
+                batch.held[name].zero_()
+            batch.tokens_held[level.name].zero_()
             if level.child is not None:  # Eq 72: reset the child to its (moved) initial state
-                lr = self.lrs[level.index] / tokens  # the meta step is plain SGD
                 for name, _ in level.child.params:
-                    initial[name] = initial[name] - lr * meta_held[name]
-                    meta_held[name].zero_()
-                    held[name].zero_()
-                    state.fast_weights[name] = initial[name].clone()
-                tokens_held[level.child.name] = 0
+                    lr = self.lrs[level.index] / _rows(tokens, batch.meta_held[name])  # the meta step is plain SGD
+                    batch.initial_weights[name] -= lr * batch.meta_held[name]
+                    batch.meta_held[name].zero_()
+                    batch.held[name].zero_()
+                    batch.fast_weights[name] = batch.initial_weights[name].clone()
+                batch.tokens_held[level.child.name].zero_()
 
-    def _steps(self, level, mean_grads: dict, state: ReadingState) -> dict:
-        """What each of ``level``'s fast weights subtracts at its pulse, by ``self.rule``."""
+    def _steps(self, level, mean_grads: dict, batch) -> dict:
+        """What each of ``level``'s fast weights (B, ...) subtracts at its pulse, by ``self.rule``."""
         lr = self.lrs[level.index]
-        if self.max_grad_norm is not None:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean_grads.values()]))
+        if self.max_grad_norm is not None:  # one norm per row over the level's weights
+            norm = torch.stack([g.flatten(1).norm(dim=1) for g in mean_grads.values()]).norm(dim=0)
             scale = (self.max_grad_norm / (norm + 1e-12)).clamp(max=1.0)
-            mean_grads = {name: g * scale for name, g in mean_grads.items()}
+            mean_grads = {name: g * _rows(scale, g) for name, g in mean_grads.items()}
         if self.rule == "sgd":
             return {name: lr * g for name, g in mean_grads.items()}
-        (beta1, beta2), count = self.betas, state.updates[level.name]
+        (beta1, beta2), count = self.betas, batch.updates[level.name]
         steps = {}
         for name, g in mean_grads.items():
-            m, v = state.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+            m, v = batch.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
             m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
-            state.moments[name] = (m, v)
-            m_hat, v_hat = m / (1 - beta1**count), v / (1 - beta2**count)
+            batch.moments[name] = (m, v)
+            m_hat, v_hat = m / _rows(1 - beta1**count, g), v / _rows(1 - beta2**count, g)
             steps[name] = lr * m_hat / (v_hat.sqrt() + self.eps)
         return steps
 
@@ -222,3 +296,63 @@ def detach_cache(cache):
                     if isinstance(tensor, torch.Tensor):
                         states[k] = tensor.detach()
     return cache
+
+
+def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) values shaped to broadcast over ``like`` (B, ...)."""
+    return values.to(like.dtype).view(-1, *[1] * (like.dim() - 1))
+
+
+def _per_row_linear(module: nn.Linear, row_params: dict, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s forward on x (B, T, in) with a weight (B, out, in) and/or bias (B, out) per row."""
+    weight = row_params.get("weight")
+    out = F.linear(x, module.weight) if weight is None else x @ weight.transpose(-1, -2)
+    bias = row_params.get("bias", module.bias)
+    if bias is not None:
+        out = out + (bias[:, None] if "bias" in row_params else bias)
+    return out
+
+
+@contextmanager
+def per_row_linear_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
+    """Within the block, every ``nn.Linear`` of ``model`` whose weight or bias is named in
+    ``weights`` computes batch row b with ``weights[name][b]`` (CMS levels are linear layers)."""
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights.items():
+        module_name, _, attr = name.rpartition(".")
+        by_module.setdefault(module_name, {})[attr] = tensor
+    patched = []
+    try:
+        for module_name, row_params in by_module.items():
+            module = model.get_submodule(module_name)
+            if not isinstance(module, nn.Linear) or not set(row_params) <= {"weight", "bias"}:
+                raise TypeError(f"fast weights must belong to nn.Linear layers; {module_name} is a {type(module).__name__}")
+            module.forward = partial(_per_row_linear, module, row_params)
+            patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
+def select_cache_rows(cache, rows: torch.Tensor, length: int | None = None):
+    """A copy of a transformers cache that holds only the batch ``rows``; with ``length``, the
+    attention keys and values keep only their first ``length`` positions (trailing padding cut)."""
+    if cache is None:
+        return None
+    selected = copy.copy(cache)
+    selected.layers = []
+    for layer in cache.layers:
+        layer = copy.copy(layer)
+        for attr, value in list(vars(layer).items()):
+            if isinstance(value, dict):  # recurrent layers: conv_states, recurrent_states, flags
+                value = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in value.items()}
+            elif attr in ("keys", "values") and isinstance(value, torch.Tensor) and value.dim() == 4:
+                value = value[rows, :, :length]
+            setattr(layer, attr, value)
+        selected.layers.append(layer)
+    if getattr(cache, "row_tokens_seen", None) is not None:
+        selected.row_tokens_seen = cache.row_tokens_seen[rows]
+    if length is not None and hasattr(cache, "positions_seen"):
+        selected.positions_seen = length
+    return selected
