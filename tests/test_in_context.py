@@ -5,7 +5,10 @@ import torch
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from torch.nn.utils.stateless import _reparametrize_module
+
 from hope_hf import InContextLearner, LlamaCMSForCausalLM
+from hope_hf.transformers_compat import CACHE_ARG, output_cache
 
 from helpers import CONFIGS, random_ids, tiny_model
 
@@ -206,3 +209,28 @@ def test_stable_rule_stays_finite_and_bounded_at_a_thousand_times_its_lr():
     assert all(torch.isfinite(torch.tensor(loss)) for loss in adam.segment_losses)
     assert all(torch.isfinite(w).all() for w in adam.fast_weights.values())
     assert all(torch.equal(p, params_before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_meta_gradient_is_the_next_segments_gradient_at_the_updated_weights(name):
+    """First-order meta-gradient, checked against plain autograd: read 16 tokens in segments of 8
+    (SGD, level 0 steps after segment 1); the meta-gradient is the gradient of segment 2's mean
+    loss taken at the weights after that step, on top of segment 1's cache (fp64)."""
+    model = tiny_model(**CONFIGS[name]).double()
+    ids, lr = random_ids(1, 16), 0.5
+    learner = InContextLearner(model, lr=lr, segment_size=8, periods=[1, None], meta_gradients=True)
+    state = learner.read(ids)[0]
+    updated = learner.read(ids[:, :9])[0].fast_weights  # the step after segment 1 (a 1-token segment adds none)
+    with torch.no_grad():
+        cache = output_cache(model(ids[:, :8], use_cache=True))
+    weights = {n: w.clone().requires_grad_() for n, w in updated.items()}
+    with _reparametrize_module(model, weights):
+        logits = model(ids[:, 8:], use_cache=True, **{CACHE_ARG: cache}).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 9:])
+    grads = dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+    assert state.meta_gradients.keys() == grads.keys()
+    for n, g in grads.items():
+        # not 1e-12: transformers' RMSNorm computes in fp32 even for an fp64 model
+        torch.testing.assert_close(state.meta_gradients[n], g, atol=1e-8, rtol=1e-5)
+    assert max(g.abs().max() for g in grads.values()) > 1e-3
+    assert InContextLearner(model, lr=lr, segment_size=8).read(ids)[0].meta_gradients == {}

@@ -46,6 +46,7 @@ class ReadingState:
     updates: dict[str, int] = field(default_factory=dict)  # level name -> number of steps taken
     initial_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # nested: children's initial states
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # rule "adam": (m, v)
+    meta_gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # see InContextLearner(meta_gradients=)
 
 
 UPDATE_RULES = ("sgd", "adam")
@@ -64,6 +65,8 @@ class _BatchReading:
     updates: dict[str, torch.Tensor]  # level name -> (B,) steps taken
     losses: list[list[float]]
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    meta_gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+    segments_read: int = 0
     cache: object = None
     logits: list[torch.Tensor] = field(default_factory=list)  # one (B, segment, vocab) per segment
 
@@ -76,6 +79,7 @@ class _BatchReading:
             initial_weights=pick(self.initial_weights), tokens_held=pick(self.tokens_held),
             updates=pick(self.updates), losses=[self.losses[i] for i in keep.tolist()],
             moments={name: (m[keep], v[keep]) for name, (m, v) in self.moments.items()},
+            meta_gradients=pick(self.meta_gradients), segments_read=self.segments_read,
             cache=select_cache_rows(self.cache, keep), logits=[t[keep] for t in self.logits],
         )
 
@@ -90,6 +94,7 @@ class _BatchReading:
             updates={name: int(n[i]) for name, n in self.updates.items()},
             initial_weights={name: t[i] for name, t in self.initial_weights.items()},
             moments={name: (m[i], v[i]) for name, (m, v) in self.moments.items()},
+            meta_gradients={name: t[i] for name, t in self.meta_gradients.items()},
         )
 
 
@@ -99,7 +104,7 @@ class InContextLearner:
     def __init__(
         self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None, rule: str = "sgd",
         max_grad_norm: float | None = None, decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        eps: float = 1e-8, meta_gradients: bool = False,
     ):
         """
         Args:
@@ -115,6 +120,11 @@ class InContextLearner:
             decay: after each step, the fast weights move back toward their initial state by this
                 fraction (the CMS forgetting gate): W <- W0 + (1 - decay) (W - W0). In [0, 1).
             betas, eps: of rule "adam".
+            meta_gradients: if True, each ReadingState also holds, per fast weight, the sum over every
+                segment after the first of the gradient of that segment's mean next-token loss at the
+                fast weights then in use: the first-order meta-gradient (first-order MAML) of the
+                loss after updates with respect to the levels' initial state, which a training loop
+                can apply to the model's parameters (``scripts/meta_learn_fast_level.py``).
         """
         if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 2:
             raise ValueError(f"segment_size must be an int >= 2, got {segment_size!r}")
@@ -127,6 +137,7 @@ class InContextLearner:
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must both be in [0, 1), got {betas!r}")
         self.rule, self.max_grad_norm, self.decay, self.betas, self.eps = rule, max_grad_norm, float(decay), betas, eps
+        self.meta_gradients = meta_gradients
         self.model = model
         self.segment_size = segment_size
         self.levels = find_cms_levels(model, periods)
@@ -185,6 +196,7 @@ class InContextLearner:
             tokens_held={level.name: zeros.clone() for level in self.levels},
             updates={level.name: zeros.clone().long() for level in self.levels},
             losses=[[] for _ in range(batch_size)],
+            meta_gradients={name: torch.zeros_like(t) for name, t in fast.items()} if self.meta_gradients else {},
         )
 
     def _segment(self, batch, segment, targets, has_target, real, start: int) -> None:
@@ -205,11 +217,14 @@ class InContextLearner:
         for i, (loss, n) in enumerate(zip(row_losses.tolist(), pairs.tolist())):
             if n:
                 batch.losses[i].append(loss / n)
+        batch.segments_read += 1
         for name, g in zip(fast, grads):
             if g is not None:
                 batch.held[name] += g
                 if name in batch.meta_held:
                     batch.meta_held[name] += g
+                if name in batch.meta_gradients and batch.segments_read > 1:  # of the mean loss of each row
+                    batch.meta_gradients[name] += g / _rows(pairs.clamp(min=1), g)
         for level in self.levels:
             batch.tokens_held[level.name] += pairs.to(batch.tokens_held[level.name].dtype)
 
