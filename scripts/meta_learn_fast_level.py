@@ -32,9 +32,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", nargs="+", type=Path,
                         default=[sample_text_path("rv1909_es_sample"), sample_text_path("web_en_sample")])
     parser.add_argument("--held-out-tokens", type=int, default=1024, help="tokens at the end of each text never trained on")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--segments", type=int, default=3)
+    parser.add_argument("--segments", type=int, default=2)
     parser.add_argument("--segment-size", type=int, default=128)
     parser.add_argument("--inner-lr", type=float, default=1e-5)
     parser.add_argument("--rule", default="adam")

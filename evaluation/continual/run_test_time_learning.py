@@ -60,9 +60,13 @@ def main():
                         help="a Llama-CMS directory (e.g. from scripts/meta_learn_fast_level.py); default: SmolLM2 retrofitted")
     parser.add_argument("--tokens", type=int, default=1024, help="read the last TOKENS tokens of each document")
     parser.add_argument("--segment-size", type=int, default=128)
+    parser.add_argument("--rules", nargs="+", default=None, help="labels of RULES to run (default: all); plain reading always runs")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS / "test_time_learning_smollm2"))
     args = parser.parse_args()
+    unknown = set(args.rules or []) - {label for label, _ in RULES}
+    if unknown:
+        parser.error(f"--rules: unknown {sorted(unknown)}; allowed: {[label for label, _ in RULES]}")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -71,7 +75,8 @@ def main():
     model.eval()
     runs = []
     docs = {name: ids[-args.tokens :] for name, ids in documents(tokenizer).items()}
-    for label, options in tqdm(RULES, desc="rules"):
+    rules = [(label, options) for label, options in RULES if args.rules is None or label in args.rules or options["lr"] == 0]
+    for label, options in tqdm(rules, desc="rules"):
         learner = InContextLearner(model, segment_size=args.segment_size, **options)
         for document, ids in docs.items():
             # one document at a time: per-row fast weights of every MLP (rule "both levels") and their
