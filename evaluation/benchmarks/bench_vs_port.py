@@ -18,6 +18,10 @@ Timed, both sides in one process, interleaved, medians, fp32, batch --batch:
   online_chunk_size 0 = the smallest CMS period, per_layer_teach_signal): per chunk a read pass,
   the loss, per-layer teach signals, backward, and a no-grad update pass that writes the memories;
   then AdamW. Compared with hope_hf's train step (whose forward writes its memory in context);
+* mixer_fwd_bwd (titans only): forward + backward of layer 0's sequence mixer alone, the same input
+  (hope_hf's titans memory vs the port's SelfModifyingTitans read pass);
+* reach: how much the last position's logits move when only the first of 64 tokens changes (the
+  port's hope_selfmod read pass mixes tokens only through its causal convolutions);
 * reading with test-time learning: hope_hf's InContextLearner (segment --segment-size) vs the port's
   online mode on a fresh fast state (per segment: read pass, loss, per-layer teach signals, update
   pass), the same segment.
@@ -50,6 +54,8 @@ from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner  # noqa: E402
 
 PAIRS = {"titans": "pilot_selfmod", "attention": "pilot_attention"}  # hope_hf mixer -> the port's config
 PORT_MODEL_FILE = Path("src") / "nested_learning" / "model.py"
+SHORT_NAMES = {"train": "train", "forward": "forward", "mixer_fwd_bwd": "mixer\nfwd+bwd",
+               "train_vs_port_pilot_step": "train vs\npilot step", "read_with_test_time_learning": "reading,\ntest-time"}
 
 
 def port_missing_reason(port_path) -> str | None:
@@ -135,6 +141,23 @@ def forward(model, ids, is_port: bool):
     return run
 
 
+def mixer_fwd_bwd(module, x):
+    def run():
+        module(x).sum().backward()
+
+    return run
+
+
+def reach_of_first_token(model, vocab: int, is_port: bool, seq_len: int = 64) -> float:
+    """Max change of the last position's logits when only the first token changes (0: out of reach)."""
+    ids = torch.randint(0, vocab, (1, seq_len))
+    other = ids.clone()
+    other[0, 0] = (ids[0, 0] + 1) % vocab
+    with torch.no_grad():
+        logits = [model(x) if is_port else model(x, use_cache=False).logits for x in (ids, other)]
+    return (logits[0][0, -1] - logits[1][0, -1]).abs().max().item()
+
+
 def port_chunk_update(model, chunk, fast_state=None, outer_backward=False, finalize=True):
     """One chunk of the port's online mode: read pass, loss, per-layer teach signals, update pass."""
     logits, _pre_norm, block_outputs = model.forward_with_block_outputs(chunk, fast_state=fast_state)
@@ -196,6 +219,8 @@ def run_pair(mixer: str, variant: str, args) -> dict:
     result = {"port_config": variant, "hope_hf_mixer": mixer, "port_model_section": model_section,
               "port_keys_not_read": ignored, "hope_hf_config": hope.config.to_dict(),
               "parameters": {"hope_hf": num_params(hope), "port": num_params(port)}, "rows": []}
+    result["last_logits_change_when_token_0_changes_L64"] = {
+        "hope_hf": reach_of_first_token(hope, vocab, False), "port": reach_of_first_token(port, vocab, True)}
     print(f"{mixer} vs {variant}: parameters hope_hf {num_params(hope):,}, port {num_params(port):,}")
     for seq_len in args.seq_lens:
         ids = torch.randint(0, vocab, (args.batch, seq_len))
@@ -207,6 +232,14 @@ def run_pair(mixer: str, variant: str, args) -> dict:
             result["rows"].append(row)
             print(f"  {kind:8s} L={seq_len}: hope_hf {row['hope_hf']['tokens_per_s']:.0f} tok/s, "
                   f"port {row['port']['tokens_per_s']:.0f} tok/s, ratio {row['hope_hf_over_port']:.2f}")
+        if mixer == "titans":  # the sequence mixers alone: hope_hf's titans memory vs the port's read pass
+            x = torch.randn(args.batch, seq_len, model_section["dim"], requires_grad=True)
+            fns = {"hope_hf": mixer_fwd_bwd(hope.model.layers[0].mixer, x), "port": mixer_fwd_bwd(port.blocks[0].selfmod, x)}
+            row = {"kind": "mixer_fwd_bwd", "seq_len": seq_len, "batch": args.batch,
+                   **compare(fns, tokens, args.repeats, 1, f"mixers L={seq_len}")}
+            result["rows"].append(row)
+            print(f"  mixer fwd+bwd L={seq_len}: hope_hf {row['hope_hf']['median_s'] * 1e3:.1f} ms, "
+                  f"port {row['port']['median_s'] * 1e3:.1f} ms")
 
     ids = torch.randint(0, vocab, (args.batch, args.read_len))
     tokens = args.batch * args.read_len
@@ -247,7 +280,7 @@ def plot(pairs: list[dict], path: Path):
     labels, ratios, colors = [], [], []
     for pair, color in zip(pairs, ("tab:blue", "tab:orange")):
         for row in pair["rows"]:
-            labels.append(f"{pair['hope_hf_mixer']}\n{row['kind'].replace('_', ' ')}\nL={row['seq_len']}")
+            labels.append(f"{pair['hope_hf_mixer']}\n{SHORT_NAMES[row['kind']]}\nL={row['seq_len']}")
             ratios.append(row["hope_hf_over_port"])
             colors.append(color)
     bars = ax.bar(range(len(ratios)), ratios, color=colors)
@@ -255,7 +288,7 @@ def plot(pairs: list[dict], path: Path):
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(1.5, color="gray", linestyle="--", linewidth=0.8, label="issue 17 goal for titans training (1.5x)")
-    ax.set_xticks(range(len(ratios)), labels, fontsize=6)
+    ax.set_xticks(range(len(ratios)), labels, fontsize=7)
     ax.set_ylabel("tokens/s, hope_hf / port (log)")
     ax.set_title("hope_hf vs the port: titans vs hope_selfmod (blue), attention vs hope_attention (orange)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
