@@ -26,7 +26,7 @@ Timed, both sides in one process, interleaved, medians, fp32, batch --batch:
   online mode on a fresh fast state (per segment: read pass, loss, per-layer teach signals, update
   pass), the same segment.
 
-    python evaluation/benchmarks/bench_vs_port.py --port-path /path/to/nested_learning   # ~5 minutes, 1 thread
+    python evaluation/benchmarks/bench_vs_port.py --port-path /path/to/nested_learning   # ~2 minutes, 1 thread
 Writes evaluation/results/bench_vs_port.json and .png.
 """
 
@@ -159,7 +159,10 @@ def reach_of_first_token(model, vocab: int, is_port: bool, seq_len: int = 64) ->
 
 
 def port_chunk_update(model, chunk, fast_state=None, outer_backward=False, finalize=True):
-    """One chunk of the port's online mode: read pass, loss, per-layer teach signals, update pass."""
+    """One chunk of the port's online mode: read pass, loss, per-layer teach signals, update pass.
+    A chunk of one token has no next-token target and is skipped, as the port's loop does."""
+    if chunk.shape[1] < 2:
+        return
     logits, _pre_norm, block_outputs = model.forward_with_block_outputs(chunk, fast_state=fast_state)
     loss = next_token_loss(logits, chunk)
     teach_signals = [g.detach() for g in torch.autograd.grad(loss, block_outputs, retain_graph=outer_backward)]
