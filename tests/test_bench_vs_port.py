@@ -86,3 +86,18 @@ def test_hope_side_has_the_ports_shape(bench, tmp_path):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     full = bench.resize(config["model"], bench.argparse.Namespace(pilot_size=True))
     assert (full["dim"], full["num_layers"], full["heads"], full["vocab_size"]) == (512, 12, 8, 32000)
+
+
+def test_one_token_chunk_is_skipped(bench):
+    """A one-token chunk has no next-token target (its mean loss would be NaN); the port's loop skips it."""
+    import torch
+
+    class NeverCalled:
+        def forward_with_block_outputs(self, *args, **kwargs):
+            raise AssertionError("a one-token chunk reached the model")
+
+        __call__ = forward_with_block_outputs
+
+    bench.port_chunk_update(NeverCalled(), torch.zeros(1, 1, dtype=torch.long), outer_backward=True)
+    with pytest.raises(AssertionError):
+        bench.port_chunk_update(NeverCalled(), torch.zeros(1, 2, dtype=torch.long))
