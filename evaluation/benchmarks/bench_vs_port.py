@@ -55,7 +55,8 @@ from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner  # noqa: E402
 PAIRS = {"titans": "pilot_selfmod", "attention": "pilot_attention"}  # hope_hf mixer -> the port's config
 PORT_MODEL_FILE = Path("src") / "nested_learning" / "model.py"
 SHORT_NAMES = {"train": "train", "forward": "forward", "mixer_fwd_bwd": "mixer\nfwd+bwd",
-               "train_vs_port_pilot_step": "train vs\npilot step", "read_with_test_time_learning": "reading,\ntest-time"}
+               "train_vs_port_pilot_step": "train vs\npilot step",
+               "read_with_test_time_learning": "reading,\ntest-time"}
 
 
 def port_missing_reason(port_path) -> str | None:
@@ -175,7 +176,8 @@ def port_chunk_update(model, chunk, fast_state=None, outer_backward=False, final
 def port_pilot_step(model, ids, train_section: dict):
     """The port's training step with its pilot settings: online chunks overlapping by one token."""
     assert train_section.get("online_updates") and train_section.get("per_layer_teach_signal")
-    chunk_size = train_section.get("online_chunk_size") or min(b.update_period for b in model.blocks[0].config.cms_levels)
+    smallest_period = min(level.update_period for level in model.blocks[0].config.cms_levels)
+    chunk_size = train_section.get("online_chunk_size") or smallest_period
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     seq_len = ids.shape[1]
 
@@ -237,7 +239,8 @@ def run_pair(mixer: str, variant: str, args) -> dict:
                   f"port {row['port']['tokens_per_s']:.0f} tok/s, ratio {row['hope_hf_over_port']:.2f}")
         if mixer == "titans":  # the sequence mixers alone: hope_hf's titans memory vs the port's read pass
             x = torch.randn(args.batch, seq_len, model_section["dim"], requires_grad=True)
-            fns = {"hope_hf": mixer_fwd_bwd(hope.model.layers[0].mixer, x), "port": mixer_fwd_bwd(port.blocks[0].selfmod, x)}
+            fns = {"hope_hf": mixer_fwd_bwd(hope.model.layers[0].mixer, x),
+                   "port": mixer_fwd_bwd(port.blocks[0].selfmod, x)}
             row = {"kind": "mixer_fwd_bwd", "seq_len": seq_len, "batch": args.batch,
                    **compare(fns, tokens, args.repeats, 1, f"mixers L={seq_len}")}
             result["rows"].append(row)
@@ -330,7 +333,8 @@ def main(argv=None):
     started = time.perf_counter()
     pairs = [run_pair(mixer, variant, args) for mixer, variant in PAIRS.items()]
     settings = {**vars(args), "port_path": str(args.port_path), "results_dir": str(args.results_dir)}
-    payload = {"command": " ".join(["python", *sys.argv]), "config": settings, "port_commit": port_commit(args.port_path),
+    payload = {"command": " ".join(["python", *sys.argv]), "config": settings,
+               "port_commit": port_commit(args.port_path),
                "loadavg_1_5_15min_at_start": load_at_start,
                "dtype": "float32", "optimizer": "AdamW lr 1e-4 on both sides (the port's pilot uses Muon)",
                "duration_s": time.perf_counter() - started, "pairs": pairs}
