@@ -67,12 +67,12 @@ STRATEGIES = {
                  "(--slow-level-period), each --new-level-size wide",
     "lora": "(e) LoRA (PEFT) of rank --lora-rank on every linear layer of the plain Llama (q, k, v, o, gate, up, down)",
 }
-LR_SWEEP = {  # per strategy: adapters and new levels usually want larger rates than full fine-tuning
-    "full_finetune": [3e-5, 1e-4, 3e-4],
-    "cms_slow_level0": [3e-5, 1e-4, 3e-4],
-    "cms_frozen": [3e-5, 1e-4, 3e-4],
-    "cms_multi": [3e-5, 1e-4, 3e-4],
-    "lora": [1e-4, 3e-4, 1e-3],
+LR_SWEEP = {  # per strategy: adapters usually want larger rates than full fine-tuning
+    "full_finetune": [5e-5, 1e-4, 2e-4],
+    "cms_slow_level0": [5e-5, 1e-4, 2e-4],
+    "cms_frozen": [5e-5, 1e-4, 2e-4],
+    "cms_multi": [5e-5, 1e-4, 2e-4],
+    "lora": [2e-4, 5e-4, 1e-3],
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -105,10 +105,10 @@ def parse_args(argv=None):
                         help="old domains (never trained on: they measure forgetting)")
     parser.add_argument("--max-steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain (the same every run)")
-    parser.add_argument("--eval-every", type=int, default=5, help="held-out perplexity of every domain every N steps")
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out perplexity of every domain every N steps")
     parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of each new level, (b), (c), (d)")
     parser.add_argument("--pretrained-period", type=int, default=10, help="level 0's period in optimizer steps, (b)")
     parser.add_argument("--slow-level-period", type=int, default=5, help="period of the new slow level, (d)")
