@@ -218,7 +218,7 @@ def test_the_rate_closest_to_the_target_in_log_is_chosen_from_the_sweep_seed():
     runs = [record("a", 1e-4, 0, 50.0), record("a", 3e-4, 0, 30.0), record("a", 1e-3, 0, 19.0),
             record("a", 1e-3, 1, 40.0),  # another seed: not part of the choice
             record("b", 1e-4, 0, 41.0), record("b", 3e-4, 0, 39.5)]
-    # target 40: |log(50/40)| = 0.223 < |log(30/40)| = 0.288 although 50 is further in absolute terms than... both 10 away
+    # target 40: 50 and 30 are both 10 away, but in log 50 is closer (0.22 vs 0.29)
     assert run_forgetting.choose_rates(runs, "new", 40.0, sweep_seed=0) == {"a": 1e-4, "b": 3e-4}
     assert run_forgetting.choose_rates(runs, "new", 20.0, sweep_seed=0) == {"a": 1e-3, "b": 3e-4}
 
