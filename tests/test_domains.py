@@ -86,3 +86,21 @@ def test_too_few_documents_are_rejected(tokenizer, tmp_path):
     assert text_documents(path) == ["only one document"]
     with pytest.raises(ValueError, match="at least two non-empty documents"):
         domain_blocks(text_documents(path), tokenizer, block_size=4, held_out_blocks=1)
+
+
+@pytest.mark.parametrize("name", ["spanish", "english"])
+def test_domain_held_out_chapters_include_the_training_pipelines_held_out_chapters(name):
+    """The main job (domains, 10%) never trains on the chapters build_datasets holds out (5%, the
+    offline lm-eval tasks' text): both split the same documents with seed 0, and the permutation
+    is shared, so the smaller held-out set is inside the larger one."""
+    from datasets import Dataset
+
+    from hope_hf.data import sample_text_path
+    from hope_hf.training.data import load_documents
+    from hope_hf.training.domains import TEXT_DOMAINS
+
+    path = sample_text_path(TEXT_DOMAINS[name])
+    pipeline = load_documents([str(path)]).train_test_split(test_size=0.05, seed=0)["test"]["text"]
+    domain = Dataset.from_dict({"text": domain_documents(name)}).train_test_split(test_size=0.1, seed=0)
+    assert pipeline and set(pipeline) <= set(domain["test"]["text"])
+    assert not set(pipeline) & set(domain["train"]["text"])
