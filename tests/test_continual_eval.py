@@ -1,10 +1,11 @@
-"""The forgetting study (evaluation/continual/run_forgetting.py) on a tiny random Llama: all three
-strategies run and report finite numbers on the same tokens, and each trains exactly what it
-says it trains."""
+"""The forgetting study (evaluation/continual/run_forgetting.py) on a tiny random Llama: all five
+strategies run and report finite numbers and curves on the same tokens, each trains exactly what
+it says it trains, and the learning rate is chosen by distance to the target."""
 
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,15 @@ def setup(tmp_path_factory):
 
 def common_args(folder: Path, out: Path, *extra) -> list[str]:
     return ["--model", str(folder / "llama"), "--data", str(folder / "new.txt"), "--old-data", str(folder / "old.txt"),
-            "--block-size", "32", "--batch-size", "2", "--eval-batches", "2", "--new-level-size", "16",
-            "--pretrained-period", str(PERIOD), "--warmup-steps", "0", "--learning-rate", "1e-3",
-            "--output-dir", str(out / "runs"), "--results", str(out / "continual_forgetting.json"), *extra]
+            "--block-size", "32", "--batch-size", "2", "--held-out-blocks", "4", "--new-level-size", "16",
+            "--pretrained-period", str(PERIOD), "--slow-level-period", str(PERIOD), "--warmup-steps", "0",
+            "--eval-every", "1", "--lora-rank", "2", "--output-dir", str(out / "runs"),
+            "--results", str(out / "continual_forgetting.json"), *extra]
+
+
+def level0_name(name: str) -> str:
+    """The pretrained MLP projection a new level's gate / up is warm-started from."""
+    return re.sub(r"\.levels\.\d+\.", ".", name)
 
 
 def changed(llama, model) -> dict[str, bool]:
@@ -59,12 +66,24 @@ def changed(llama, model) -> dict[str, bool]:
         elif ".mlp.levels." in name and "down_proj" in name:
             out[name] = bool(p.abs().sum() > 0)  # starts at zero
         elif ".mlp.levels." in name:  # gate / up: warm-started from the pretrained MLP's first rows
-            rows = source[name.replace(".levels.0.", ".")][: p.shape[0]]
+            rows = source[level0_name(name)][: p.shape[0]]
             out[name] = not torch.equal(p, rows)
         elif ".mlp.norms." in name:
             out[name] = not torch.equal(p, torch.ones_like(p))
         else:
             raise AssertionError(f"unexpected parameter {name}")
+    return out
+
+
+def lora_changed(llama, model) -> dict[str, bool]:
+    """LoRA: every base weight against the Llama's, every adapter against its start (B = 0)."""
+    source = dict(llama.named_parameters())
+    out = {}
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            out[name] = bool(p.abs().sum() > 0)
+        elif "lora_A" not in name:
+            out[name] = not torch.equal(p, source[name.removeprefix("base_model.model.").replace(".base_layer.", ".")])
     return out
 
 
@@ -76,10 +95,11 @@ def run_study(setup, out: Path, *extra):
 
     def inspect(record, model, held_out):
         key = (record["strategy"], record["seed"])
-        diffs[key], states[key] = changed(llama, model), model.state_dict()
-        # the reported new-domain perplexity after training is that of the trained model
-        ppl = perplexity(model, held_out["new domain"], 2, 2)
-        assert record["after"]["new domain"] == pytest.approx(ppl, rel=1e-6)
+        diffs[key] = (lora_changed if record["strategy"] == "lora" else changed)(llama, model)
+        states[key] = model.state_dict()
+        # the reported perplexities after training are those of the trained model, on every domain
+        for domain, blocks in held_out.items():
+            assert record["after"][domain] == pytest.approx(perplexity(model, blocks, 2, 2), rel=1e-6)
 
     results = run_forgetting.main(common_args(setup, out, *extra), on_trained=inspect)
     return llama, results, diffs, states
@@ -87,29 +107,34 @@ def run_study(setup, out: Path, *extra):
 
 @pytest.fixture(scope="module")
 def study(setup, tmp_path_factory):
-    """All three strategies, two seeds, PERIOD - 1 steps."""
+    """All five strategies, two seeds, PERIOD - 1 steps, one learning rate."""
     out = tmp_path_factory.mktemp("study")
-    return out, *run_study(setup, out, "--max-steps", str(PERIOD - 1), "--seeds", "0", "1")
+    return out, *run_study(setup, out, "--max-steps", str(PERIOD - 1), "--seeds", "0", "1", "--lr-sweep", "1e-3")
 
 
-def test_all_strategies_write_finite_results_on_the_same_tokens(setup, study):
+def test_all_strategies_write_finite_results_and_curves_on_the_same_tokens(setup, study):
     out, llama, results, _, _ = study
     saved = json.loads((out / "continual_forgetting.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(results["summary"]))
+    assert saved["complete"] and saved["summary"] == json.loads(json.dumps(results["summary"]))
     assert (out / "continual_forgetting.png").stat().st_size > 0
     assert saved["command"].startswith("python evaluation/continual/run_forgetting.py --model ")
     runs = saved["runs"]
-    assert [(r["strategy"], r["seed"]) for r in runs] == [(s, seed) for seed in (0, 1) for s in run_forgetting.STRATEGIES]
+    strategies = list(run_forgetting.STRATEGIES)
+    assert [(r["strategy"], r["seed"]) for r in runs] == [(s, seed) for seed in (0, 1) for s in strategies]
+    assert saved["chosen_learning_rates"] == {s: 1e-3 for s in strategies}
+    assert saved["target_perplexity"] == pytest.approx(saved["before"]["new"] / 2)
     steps = PERIOD - 1
     for r in runs:
         for when in ("before", "after"):
-            assert set(r[when]) == {"new domain", "old domain"}
+            assert list(r[when]) == ["new", "old"]
             assert all(math.isfinite(v) and v > 1 for v in r[when].values())
-        assert r["forgetting_ratio"] == pytest.approx(r["after"]["old domain"] / r["before"]["old domain"])
-        assert r["new_domain_gain"] == pytest.approx(r["before"]["new domain"] / r["after"]["new domain"])
+        for domain, curve in r["curves"].items():  # step 0 is the pretrained model, the last point is "after"
+            assert [step for step, _ in curve] == list(range(steps + 1))
+            assert curve[0][1] == r["before"][domain] and curve[-1][1] == r["after"][domain]
+        assert r["old_domain_rise"]["old"] == pytest.approx(r["after"]["old"] / r["before"]["old"] - 1)
+        assert r["new_domain_gain"] == pytest.approx(r["before"]["new"] / r["after"]["new"])
         assert r["steps"] == steps and r["tokens"] == steps * 2 * 32
-        assert all(math.isfinite(r[k]) for k in ("first_loss", "final_loss", "train_wall_s"))
-        run_dir = out / "runs" / r["strategy"] / f"seed_{r['seed']}"
+        run_dir = out / "runs" / r["strategy"] / "lr_0.001" / f"seed_{r['seed']}"
         assert (run_dir / "train_log.jsonl").exists() and not (run_dir / "checkpoints").exists()
     # same tokens in the same order for every strategy of one seed; another seed reads another order
     orders = {seed: {r["data_order_sha256"] for r in runs if r["seed"] == seed} for seed in (0, 1)}
@@ -120,7 +145,12 @@ def test_all_strategies_write_finite_results_on_the_same_tokens(setup, study):
     assert by["full_finetune"]["trainable_parameters"] == by["full_finetune"]["total_parameters"] == llama_params
     assert by["cms_slow_level0"]["trainable_parameters"] == by["cms_slow_level0"]["total_parameters"] > llama_params + new_level
     assert by["cms_frozen"]["trainable_parameters"] == new_level
-    assert set(saved["summary"]) == set(run_forgetting.STRATEGIES)
+    assert by["cms_multi"]["trainable_parameters"] == 2 * new_level
+    lora = 2 * 2 * (4 * (32 + 32) + 2 * (32 + 64) + (64 + 32))  # rank 2: q,k,v,o 32x32; gate, up 32->64; down 64->32
+    lora -= 2 * 2 * 2 * 16  # k and v map 32 -> 16 (2 key-value heads of 8)
+    assert by["lora"]["trainable_parameters"] == lora
+    assert set(saved["summary"]) == set(strategies)
+    assert saved["summary"]["full_finetune"]["rise_vs_full_finetune"]["old"] == pytest.approx(1.0)
 
 
 def test_full_finetune_changes_every_parameter(study):
@@ -131,15 +161,28 @@ def test_full_finetune_changes_every_parameter(study):
         assert all(diff.values()), [n for n, c in diff.items() if not c]
 
 
-def test_frozen_strategy_changes_only_the_new_level(study):
+def check_only_new_levels(diff: dict, llama, state: dict, moved: set[str]) -> None:
+    new_levels = {n for n in diff if ".mlp.levels." in n}
+    assert new_levels and all(diff[n] == any(f".levels.{i}." in n for i in moved) for n in new_levels), diff
+    assert not any(c for n, c in diff.items() if n not in new_levels), [n for n, c in diff.items() if c and n not in new_levels]
+    assert all(torch.equal(state[k], v) for k, v in llama.state_dict().items())  # pretrained weights bit-identical
+
+
+def test_frozen_strategies_change_only_the_new_levels(study):
     _, llama, _, diffs, states = study
     for seed in (0, 1):
-        diff = diffs["cms_frozen", seed]
-        new_level = {n for n in diff if ".mlp.levels." in n}
-        assert new_level and all(diff[n] for n in new_level)  # the new fast level learned
-        assert not any(c for n, c in diff.items() if n not in new_level), [n for n, c in diff.items() if c and n not in new_level]
-        state = states["cms_frozen", seed]
-        assert all(torch.equal(state[k], v) for k, v in llama.state_dict().items())  # pretrained weights bit-identical
+        check_only_new_levels(diffs["cms_frozen", seed], llama, states["cms_frozen", seed], moved={"0"})
+        # (d): the fast level (levels.0) learned; the slow one (levels.1, period PERIOD) waits for its pulse
+        check_only_new_levels(diffs["cms_multi", seed], llama, states["cms_multi", seed], moved={"0"})
+
+
+def test_lora_changes_only_the_adapters(study):
+    _, _, _, diffs, _ = study
+    for seed in (0, 1):
+        diff = diffs["lora", seed]
+        adapters = {n for n in diff if "lora_B" in n}
+        assert len(adapters) == 2 * 7 and all(diff[n] for n in adapters)
+        assert not any(c for n, c in diff.items() if n not in adapters)
 
 
 def check_slow_level0(diff: dict, moved: bool) -> None:
@@ -159,17 +202,37 @@ def test_slow_level0_is_still_before_its_period(study):
         check_slow_level0(diffs["cms_slow_level0", seed], moved=False)
 
 
-def test_slow_level0_moves_at_its_period(setup, tmp_path):
-    _, results, diffs, _ = run_study(setup, tmp_path, "--strategies", "cms_slow_level0", "--seeds", "0",
-                                     "--max-steps", str(PERIOD))
-    assert [r["steps"] for r in results["runs"]] == [PERIOD]
+def test_slow_levels_move_at_their_period(setup, tmp_path):
+    llama, results, diffs, states = run_study(setup, tmp_path, "--strategies", "cms_slow_level0", "cms_multi",
+                                              "--seeds", "0", "--max-steps", str(PERIOD), "--lr-sweep", "1e-3")
+    assert [r["steps"] for r in results["runs"]] == [PERIOD, PERIOD]
     check_slow_level0(diffs["cms_slow_level0", 0], moved=True)
+    check_only_new_levels(diffs["cms_multi", 0], llama, states["cms_multi", 0], moved={"0", "1"})
 
 
-def test_unknown_strategy_is_rejected_naming_the_allowed_ones(capsys):
+def record(strategy, lr, seed, new_after):
+    return {"strategy": strategy, "learning_rate": lr, "seed": seed, "after": {"new": new_after}}
+
+
+def test_the_rate_closest_to_the_target_in_log_is_chosen_from_the_sweep_seed():
+    runs = [record("a", 1e-4, 0, 50.0), record("a", 3e-4, 0, 30.0), record("a", 1e-3, 0, 19.0),
+            record("a", 1e-3, 1, 40.0),  # another seed: not part of the choice
+            record("b", 1e-4, 0, 41.0), record("b", 3e-4, 0, 39.5)]
+    # target 40: 50 and 30 are both 10 away, but in log 50 is closer (0.22 vs 0.29)
+    assert run_forgetting.choose_rates(runs, "new", 40.0, sweep_seed=0) == {"a": 1e-4, "b": 3e-4}
+    assert run_forgetting.choose_rates(runs, "new", 20.0, sweep_seed=0) == {"a": 1e-3, "b": 3e-4}
+
+
+def test_bad_arguments_are_rejected_naming_the_allowed_values(capsys):
     with pytest.raises(SystemExit):
-        run_forgetting.parse_args(["--strategies", "full_finetune", "lora"])
+        run_forgetting.parse_args(["--strategies", "full_finetune", "adapters"])
     err = capsys.readouterr().err
-    assert "'lora'" in err and all(name in err for name in run_forgetting.STRATEGIES)
-    with pytest.raises(ValueError, match="allowed: full_finetune, cms_slow_level0, cms_frozen"):
-        run_forgetting.build_model("lora", None, 16, 3)
+    assert "'adapters'" in err and all(name in err for name in run_forgetting.STRATEGIES)
+    with pytest.raises(SystemExit):
+        run_forgetting.parse_args(["--old-data", "french"])
+    assert "allowed: spanish, english, code or a .txt file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_forgetting.parse_args(["--data", "code", "--old-data", "english", "code"])
+    assert "cannot also be an old domain" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="allowed: full_finetune, cms_slow_level0, cms_frozen, cms_multi, lora"):
+        run_forgetting.build_model("adapters", None, None)

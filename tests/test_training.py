@@ -120,33 +120,72 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     """The main job's script end to end on a tiny Llama (the SmolLM2 run is the README's first command)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    lines = sample_text_path().read_text().splitlines()[:10]
+    lines = sample_text_path().read_text().splitlines()[:20]
     tokenizer = train_bpe_tokenizer(lines, 300)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, eos_token_id=tokenizer.eos_token_id))
     llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
-    (tmp_path / "new.txt").write_text("\n".join(lines[:6]) + "\n")
-    (tmp_path / "old.txt").write_text("\n".join(lines[6:]) + "\n")
+    (tmp_path / "new.txt").write_text("\n".join(lines[:12]) + "\n")
+    (tmp_path / "old.txt").write_text("\n".join(lines[12:]) + "\n")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "continual_pretrain.py"), "--model", str(tmp_path / "llama"),
-         "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "--new-level-size", "16",
-         "--block-size", "32", "--max-steps", "3", "--eval-batches", "2", "--output-dir", str(tmp_path / "out")],
+         "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "code", "--new-level-size", "16",
+         "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--held-out-blocks", "3",
+         "--slow-level-period", "2", "--max-new-tokens", "12", "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "held-out perplexity" in result.stdout and "new domain" in result.stdout and "old domain" in result.stdout
+    assert "held-out perplexity" in result.stdout and all(d in result.stdout for d in ("new", "old", "code"))
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results["before"]) == set(results["after"]) == {"new domain", "old domain"}
-    assert (tmp_path / "out" / "loss_curve.png").exists()
+    assert list(results["before"]) == list(results["after"]) == ["new", "old", "code"]
+    for domain, curve in results["curves"].items():  # step 0 = before, then every 2 steps; the last point = after
+        assert [step for step, _ in curve] == [0, 2, 4]
+        assert curve[0][1] == results["before"][domain] and curve[-1][1] == pytest.approx(results["after"][domain])
+    gain = results["before"]["new"] / results["after"]["new"]
+    rises = {d: results["after"][d] / results["before"][d] - 1 for d in ("old", "code")}
+    assert f"verdict: new {gain:.2f}x better" in result.stdout or f"verdict: new {1 / gain:.2f}x worse" in result.stdout
+    assert all(f"{d} {100 * r:+.1f}%" in results["verdict"] for d, r in rises.items())
+    assert results["sample"]["generation"]["no_repeat_ngram_size"] == 3
+    assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
-    assert model.config.model_type == "llama_cms" and [lv["name"] for lv in model.config.cms_levels] == ["pretrained", "fast"]
+    assert model.config.model_type == "llama_cms"
+    assert [(lv["name"], lv["update_period"]) for lv in model.config.cms_levels][1:] == [("fast", 1), ("slow", 2)]
     card = ModelCard.load(tmp_path / "out" / "final" / "README.md")
     measured = {r.dataset_name: r.metric_value for r in card.data.eval_results}
     expected = {f"held-out perplexity, {domain}, {when}": round(results[when][domain], 4)
-                for when in ("before", "after") for domain in ("new domain", "old domain")}
+                for when in ("before", "after") for domain in ("new", "old", "code")}
     assert expected.items() <= measured.items()
     assert "llama_cms" in card.data.tags and "new.txt" in card.text
+
+
+def test_generation_config_of_the_main_job_stops_a_loop():
+    """Greedy decoding of a model that always prefers the same tokens loops; the main job's
+    generation config breaks the loop (no 3-gram twice)."""
+    import importlib.util
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = importlib.util.spec_from_file_location("continual_pretrain", ROOT / "scripts" / "continual_pretrain.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, eos_token_id=None)).eval()
+
+    class Tok:
+        eos_token_id = None
+
+    ids = torch.tensor([[1, 2, 3]])
+
+    def repeated_trigrams(tokens):
+        grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+        return len(grams) - len(set(grams))
+
+    plain = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=0)[0].tolist()
+    assert repeated_trigrams(plain) > 0  # a random tiny model loops under plain greedy decoding
+    guarded = model.generate(ids, generation_config=script.generation_config(Tok(), 40))[0].tolist()
+    assert len(guarded) == 43 and repeated_trigrams(guarded) == 0
 
 
 def test_txt_jsonl_and_parquet_give_the_same_blocks(tmp_path):

@@ -1,27 +1,35 @@
-"""Continual learning without forgetting? Three ways to continue pretraining a Llama on a new
-domain, with the same data, tokens, steps and learning rate:
+"""Continual learning without forgetting? Five ways to continue pretraining a Llama on a new
+domain, compared at MATCHED new-domain gain:
 
   full_finetune    (a) the plain Llama, every weight trained every step (no CMS);
-  cms_slow_level0  (b) Llama-CMS, every weight trained, but level 0 (the pretrained MLP) only
-                       once every --pretrained-period steps (CMSSchedule, Eq 71: its gradients
-                       are summed over the period and applied at once), plus a new fast level;
-  cms_frozen       (c) Llama-CMS with every pretrained weight frozen: only the new fast level
-                       trains (what scripts/continual_pretrain.py does by default).
+  cms_slow_level0  (b) Llama-CMS, every weight trains, but level 0 (the pretrained MLP) only once
+                       every --pretrained-period steps (CMSSchedule, Eq 71: its gradients are
+                       summed over the period and applied at once), plus a new fast level;
+  cms_frozen       (c) Llama-CMS, every pretrained weight frozen: only a new fast level trains;
+  cms_multi        (d) Llama-CMS, pretrained weights frozen, new levels on several periods: a fast
+                       one (period 1) and a slow one (period --slow-level-period);
+  lora             (e) LoRA (PEFT) on every linear layer of the plain Llama.
 
-Held-out perplexity on the new domain (default: Spanish, Reina-Valera 1909) and on the old one
-(English, World English Bible: never trained on, it measures forgetting), before and after.
+Each strategy trains at every rate of its small learning-rate sweep (seed --sweep-seed); the rate
+whose new-domain held-out perplexity ends closest (in log) to the common target
+(pretrained perplexity / --target-gain) is chosen and run with the other seeds too. The old
+domains' perplexity rises are then compared at that matched gain. Held-out perplexity of every
+domain is measured every --eval-every steps (step 0 included).
 
-    python evaluation/continual/run_forgetting.py                       # SmolLM2-135M, all three, 2 seeds
-    python evaluation/continual/run_forgetting.py --strategies cms_frozen --seeds 0 --max-steps 10
+    python evaluation/continual/run_forgetting.py                    # SmolLM2-135M; Spanish new; English, code old
+    python evaluation/continual/run_forgetting.py --strategies cms_frozen --seeds 0 --max-steps 10 --lr-sweep 1e-4
 
-Writes evaluation/results/continual_forgetting.json (+ .png) and, per run,
-OUTPUT_DIR/STRATEGY/seed_N/{train_log.jsonl,loss_curve.png}.
+Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python source of the
+interpreter's standard library, hope_hf.training.domains), or a .txt file (one document a line).
+Writes evaluation/results/continual_forgetting.json (+ .png; the JSON after every run, with
+"complete": false until the end) and, per run, OUTPUT_DIR/STRATEGY/lr_RATE/seed_N/train_log.jsonl.
 """
 
 import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -35,17 +43,18 @@ import torch
 from tqdm.auto import tqdm
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
-from hope_hf.data import sample_text_path, smollm2_gguf_path
-from hope_hf.training import TrainingConfig, build_datasets, train
+from hope_hf.data import smollm2_gguf_path
+from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
+from hope_hf.training import TrainingConfig, train
 from hope_hf.training.continual import (
     is_llama_cms_dir,
     load_plain_llama,
     load_tokenizer,
-    new_level_parameter_ids,
     perplexity,
     retrofit_with_fast_level,
     train_only_new_levels,
 )
+from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, domain_blocks, domain_documents, text_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "evaluation" / "results" / "continual_forgetting.json"
@@ -53,9 +62,19 @@ STRATEGIES = {
     "full_finetune": "(a) plain Llama, full fine-tune: every weight every step",
     "cms_slow_level0": "(b) Llama-CMS, every weight trains; level 0 (pretrained MLP) once per --pretrained-period "
                        "steps (gradients summed over the period), new fast level and the rest every step",
-    "cms_frozen": "(c) Llama-CMS, pretrained weights frozen; only the new fast level trains (continual_pretrain.py default)",
+    "cms_frozen": "(c) Llama-CMS, pretrained weights frozen; only a new fast level (period 1) trains",
+    "cms_multi": "(d) Llama-CMS, pretrained weights frozen; new levels on several periods: fast (1) and slow "
+                 "(--slow-level-period), each --new-level-size wide",
+    "lora": "(e) LoRA (PEFT) of rank --lora-rank on every linear layer of the plain Llama (q, k, v, o, gate, up, down)",
 }
-DOMAINS = ("new domain", "old domain")
+LR_SWEEP = {  # per strategy: adapters usually want larger rates than full fine-tuning
+    "full_finetune": [5e-5, 1e-4, 2e-4],
+    "cms_slow_level0": [5e-5, 1e-4, 2e-4],
+    "cms_frozen": [5e-5, 1e-4, 2e-4],
+    "cms_multi": [5e-5, 1e-4, 2e-4],
+    "lora": [2e-4, 5e-4, 1e-3],
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def strategy_names(text: str) -> str:
@@ -64,55 +83,103 @@ def strategy_names(text: str) -> str:
     return text
 
 
+def domain_source(text: str) -> str:
+    if text in NAMED_DOMAINS or text.endswith(".txt"):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown domain {text!r}; allowed: {', '.join(NAMED_DOMAINS)} or a .txt file")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategies", nargs="+", type=strategy_names, default=list(STRATEGIES),
                         help=f"any of {', '.join(STRATEGIES)} (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="data order per seed (the same for every strategy)")
+    parser.add_argument("--sweep-seed", type=int, default=None, help="seed of the learning-rate sweep (default: the first of --seeds)")
+    parser.add_argument("--lr-sweep", nargs="+", type=float, default=None,
+                        help=f"one sweep for every strategy (default per strategy: {LR_SWEEP})")
+    parser.add_argument("--target-gain", type=float, default=2.0,
+                        help="matched new-domain gain: the target perplexity is the pretrained one / this")
     parser.add_argument("--model", default=None, help="Llama directory or .gguf (default: SmolLM2-135M-Instruct GGUF)")
-    parser.add_argument("--data", nargs="+", default=[str(sample_text_path("rv1909_es_sample"))], help="new domain")
-    parser.add_argument("--old-data", nargs="+", default=[str(sample_text_path("web_en_sample"))], help="old domain (forgetting)")
+    parser.add_argument("--data", type=domain_source, default="spanish", help="new domain (trained on)")
+    parser.add_argument("--old-data", nargs="+", type=domain_source, default=["english", "code"],
+                        help="old domains (never trained on: they measure forgetting)")
     parser.add_argument("--max-steps", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=1e-4, help="one rate for every strategy")
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of the new fast level, (b) and (c)")
+    parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain (the same every run)")
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out perplexity of every domain every N steps")
+    parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of each new level, (b), (c), (d)")
     parser.add_argument("--pretrained-period", type=int, default=10, help="level 0's period in optimizer steps, (b)")
-    parser.add_argument("--eval-batches", type=int, default=8, help="held-out batches per domain for each perplexity")
+    parser.add_argument("--slow-level-period", type=int, default=5, help="period of the new slow level, (d)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="(e); lora_alpha = 2 x rank")
     parser.add_argument("--split-seed", type=int, default=0, help="train/held-out document split (fixed across seeds)")
     parser.add_argument("--output-dir", default="outputs/continual_forgetting", help="per-run training logs")
     parser.add_argument("--results", default=str(RESULTS), help="JSON path; the PNG goes beside it")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint and final model")
     args = parser.parse_args(argv)
-    for name in ("max_steps", "batch_size", "block_size", "new_level_size", "pretrained_period", "eval_batches"):
+    for name in ("max_steps", "batch_size", "block_size", "new_level_size", "pretrained_period", "slow_level_period",
+                 "held_out_blocks", "eval_every", "lora_rank"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct, got {args.seeds}")
+    if args.target_gain <= 0:
+        parser.error(f"--target-gain must be > 0, got {args.target_gain}")
+    if args.lr_sweep is not None and any(lr <= 0 for lr in args.lr_sweep):
+        parser.error(f"--lr-sweep rates must be > 0, got {args.lr_sweep}")
+    if args.data in args.old_data:
+        parser.error(f"the new domain {args.data!r} cannot also be an old domain")
     args.strategies = list(dict.fromkeys(args.strategies))
+    args.sweep_seed = args.seeds[0] if args.sweep_seed is None else args.sweep_seed
     return args
 
 
-def build_model(strategy: str, llama, new_level_size: int, pretrained_period: int):
+def domain_name(source: str) -> str:
+    return source if source in NAMED_DOMAINS else Path(source).stem
+
+
+def load_held_out_and_train(args, tokenizer):
+    """(new-domain training blocks, {domain: held-out blocks}), the new domain first."""
+    held_out, new_train = {}, None
+    for source in (args.data, *args.old_data):
+        documents = domain_documents(source) if source in NAMED_DOMAINS else text_documents(source)
+        train_blocks, held_out[domain_name(source)] = domain_blocks(documents, tokenizer, args.block_size,
+                                                                    args.held_out_blocks, seed=args.split_seed)
+        new_train = train_blocks if new_train is None else new_train
+    return new_train, held_out
+
+
+def new_levels(strategy: str, args) -> list[dict]:
+    fast = {"name": "fast", "intermediate_size": args.new_level_size, "update_period": 1}
+    if strategy == "cms_multi":
+        return [fast, {"name": "slow", "intermediate_size": args.new_level_size, "update_period": args.slow_level_period}]
+    return [fast]
+
+
+def build_model(strategy: str, llama, args):
     """The model a strategy trains, from a pretrained LlamaForCausalLM (left untouched)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
     if strategy == "full_finetune":
-        model = copy.deepcopy(llama)
-        model.requires_grad_(True)
-        return model
-    model = retrofit_with_fast_level(llama, new_level_size, pretrained_period)
+        return copy.deepcopy(llama).requires_grad_(True)
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, lora_dropout=0.0,
+                            target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        return get_peft_model(copy.deepcopy(llama), config)  # only the adapters train; B starts at zero
     if strategy == "cms_slow_level0":
-        model.requires_grad_(True)
-    else:  # cms_frozen
-        train_only_new_levels(model)
+        model = retrofit_with_fast_level(llama, args.new_level_size, args.pretrained_period)
+        return model.requires_grad_(True)
+    model = LlamaCMSForCausalLM.from_llama(llama, cms_levels=new_levels(strategy, args),
+                                           pretrained_update_period=args.pretrained_period, warm_start=True)
+    train_only_new_levels(model)
     return model
 
 
-def cms_periods(strategy: str, pretrained_period: int):
-    """CMSSchedule periods by level index: level 0 slow in (b); (a) has no CMS, (c) trains level 1 only."""
-    return {0: pretrained_period, 1: 1} if strategy == "cms_slow_level0" else None
+def cms_periods(strategy: str, args):
+    """CMSSchedule periods by level index (None: the config's, or no CMS)."""
+    return {0: args.pretrained_period, 1: 1} if strategy == "cms_slow_level0" else None
 
 
 class RecordingDataset(torch.utils.data.Dataset):
@@ -131,52 +198,57 @@ class RecordingDataset(torch.utils.data.Dataset):
 
 
 def measure(model, held_out: dict, args) -> dict:
-    return {name: perplexity(model, blocks, args.eval_batches, args.batch_size) for name, blocks in held_out.items()}
+    batches = math.ceil(args.held_out_blocks / args.batch_size)
+    return {name: perplexity(model, blocks, batches, args.batch_size) for name, blocks in held_out.items()}
 
 
-def run_one(strategy: str, seed: int, llama, tokenizer, train_blocks, held_out: dict, args, before: dict):
-    """Train one strategy with one seed; returns (record, trained model). ``before``: held-out
-    perplexity of the pretrained Llama, which every strategy starts from (the CMS retrofit computes
-    what the Llama computed: new levels' outputs start at zero)."""
+def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
+    """{domain: [[step, perplexity], ...]} from a training history, step 0 = ``before``."""
+    curves = {name: [[0, value]] for name, value in before.items()}
+    for record in history:
+        if "eval_perplexity" in record:
+            curves[new_domain].append([record["step"], record["eval_perplexity"]])
+            for name, value in record.get("eval_perplexity_other", {}).items():
+                curves[name].append([record["step"], value])
+    return curves
+
+
+def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks, held_out: dict, args, before: dict):
+    """Train one strategy at one rate with one seed; returns (record, trained model). ``before``:
+    held-out perplexity of the pretrained Llama, which every strategy starts from (new CMS levels'
+    and LoRA's outputs start at zero)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_model(strategy, llama, args.new_level_size, args.pretrained_period)
+    model = build_model(strategy, llama, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    run_dir = Path(args.output_dir) / strategy / f"seed_{seed}"
+    run_dir = Path(args.output_dir) / strategy / f"lr_{lr:g}" / f"seed_{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    new_domain, *old_domains = held_out
     config = TrainingConfig(
-        output_dir=str(run_dir), max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps, cms_periods=cms_periods(strategy, args.pretrained_period), eval_every=0,
-        eval_batches=args.eval_batches, save_every=0, seed=seed,
+        output_dir=str(run_dir), max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=lr,
+        warmup_steps=args.warmup_steps, cms_periods=cms_periods(strategy, args), eval_every=args.eval_every,
+        eval_batches=math.ceil(args.held_out_blocks / args.batch_size), save_every=0, seed=seed,
     )
     data = RecordingDataset(train_blocks)
     train_start, train_cpu = time.perf_counter(), time.process_time()
-    state = train(model, data, held_out["new domain"], config, tokenizer)
+    state = train(model, data, held_out[new_domain], config, tokenizer,
+                  other_eval_datasets={name: held_out[name] for name in old_domains})
     train_seconds, train_cpu = time.perf_counter() - train_start, time.process_time() - train_cpu
-    # the loop's final evaluation is the new domain's held-out perplexity (same blocks, same batches)
-    after = {"new domain": [r["eval_perplexity"] for r in state.history if "eval_perplexity" in r][-1],
-             "old domain": perplexity(model, held_out["old domain"], args.eval_batches, args.batch_size)}
-    if not args.keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(run_dir / "final", ignore_errors=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir / "final", ignore_errors=True)
+    curves = held_out_curves(state.history, new_domain, before)
+    after = {name: curve[-1][1] for name, curve in curves.items()}
     order = data.read[: args.max_steps * args.batch_size]  # the loader may have read one batch ahead
-    losses = [r["loss"] for r in state.history if "loss" in r]
+    losses = [[r["step"], r["loss"]] for r in state.history if "loss" in r]
     record = {
-        "strategy": strategy,
-        "seed": seed,
-        "before": before,
-        "after": after,
-        "forgetting_ratio": after["old domain"] / before["old domain"],
-        "new_domain_gain": before["new domain"] / after["new domain"],
-        "trainable_parameters": trainable,
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "level0_period": args.pretrained_period if strategy == "cms_slow_level0" else (1 if strategy == "full_finetune" else None),
-        "steps": state.step,
-        "tokens": len(order) * args.block_size,
+        "strategy": strategy, "learning_rate": lr, "seed": seed,
+        "before": before, "after": after, "curves": curves, "training_loss": losses,
+        "new_domain_gain": before[new_domain] / after[new_domain],
+        "old_domain_rise": {name: after[name] / before[name] - 1 for name in old_domains},
+        "trainable_parameters": trainable, "total_parameters": sum(p.numel() for p in model.parameters()),
+        "steps": state.step, "tokens": len(order) * args.block_size,
         "data_order_sha256": hashlib.sha256(json.dumps(order).encode()).hexdigest()[:16],
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
         "train_wall_s": round(train_seconds, 1),
         "train_cpu_s": round(train_cpu, 1),  # CPU time of this process (all its threads): less load-dependent
         "wall_s": round(time.perf_counter() - start, 1),
@@ -185,21 +257,45 @@ def run_one(strategy: str, seed: int, llama, tokenizer, train_blocks, held_out: 
     return record, model
 
 
-def summarize(runs: list[dict]) -> dict:
-    summary = {}
+def log_distance(record: dict, new_domain: str, target: float) -> float:
+    return abs(math.log(record["after"][new_domain] / target))
+
+
+def choose_rates(runs: list[dict], new_domain: str, target: float, sweep_seed: int) -> dict:
+    """Per strategy, the swept rate whose new-domain perplexity is closest (in log) to the target."""
+    chosen = {}
     for strategy in dict.fromkeys(r["strategy"] for r in runs):
-        rs = [r for r in runs if r["strategy"] == strategy]
-        stats = lambda values: {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        swept = [r for r in runs if r["strategy"] == strategy and r["seed"] == sweep_seed]
+        chosen[strategy] = min(swept, key=lambda r: log_distance(r, new_domain, target))["learning_rate"]
+    return chosen
+
+
+def summarize(runs: list[dict], chosen: dict, new_domain: str, target: float) -> dict:
+    """Per strategy at its chosen rate, mean and std over seeds."""
+    stats = lambda values: {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    summary = {}
+    for strategy, lr in chosen.items():
+        rs = [r for r in runs if r["strategy"] == strategy and r["learning_rate"] == lr]
+        domains = list(rs[0]["after"])
         summary[strategy] = {
-            "seeds": [r["seed"] for r in rs],
-            "ppl_before": {d: rs[0]["before"][d] for d in DOMAINS},
-            "ppl_after": {d: stats([r["after"][d] for r in rs]) for d in DOMAINS},
-            "forgetting_ratio": stats([r["forgetting_ratio"] for r in rs]),
+            "learning_rate": lr, "seeds": [r["seed"] for r in rs],
+            "ppl_before": rs[0]["before"],
+            "ppl_after": {d: stats([r["after"][d] for r in rs]) for d in domains},
             "new_domain_gain": stats([r["new_domain_gain"] for r in rs]),
+            "new_domain_off_target": stats([r["after"][new_domain] / target - 1 for r in rs]),
+            "old_domain_rise": {d: stats([r["old_domain_rise"][d] for r in rs]) for d in rs[0]["old_domain_rise"]},
             "trainable_parameters": rs[0]["trainable_parameters"],
             "train_wall_s": stats([r["train_wall_s"] for r in rs]),
         }
+    if "full_finetune" in summary:  # each old domain's rise relative to full fine-tuning's (the goal: <= 0.5)
+        reference = summary["full_finetune"]["old_domain_rise"]
+        for s in summary.values():
+            s["rise_vs_full_finetune"] = {d: (s["old_domain_rise"][d]["mean"] / reference[d]["mean"]
+                                              if reference[d]["mean"] > 0 else None) for d in reference}
     return summary
+
+
+COLORS = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
 
 
 def plot(results: dict, png: Path) -> None:
@@ -208,36 +304,45 @@ def plot(results: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary, runs = results["summary"], results["runs"]
-    names = list(summary)
-    colors = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green")))
-    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
-    for k, domain in enumerate(DOMAINS):
-        xs = [i + (k - 0.5) * width for i in range(len(names))]
-        means = [summary[n]["ppl_after"][domain]["mean"] for n in names]
-        stds = [summary[n]["ppl_after"][domain]["std"] for n in names]
-        bars.bar(xs, means, width, yerr=stds, capsize=3, color=[colors[n] for n in names], alpha=0.45 if k else 0.9,
-                 hatch="//" if k else None, edgecolor="black", label=f"{domain} ({'Spanish' if k == 0 else 'English'})")
-        for x, n in zip(xs, names):
-            bars.hlines(summary[n]["ppl_before"][domain], x - width / 2, x + width / 2, colors="black", linestyles="dashed")
-    bars.set_xticks(range(len(names)), names)
-    bars.set_ylabel("held-out perplexity after training")
-    bars.set_title("after (bars, mean ± std over seeds); before (dashed)", fontsize=9)
-    bars.legend(fontsize=8)
-    for n in names:
-        rs = [r for r in runs if r["strategy"] == n]
-        scatter.scatter([r["new_domain_gain"] for r in rs], [r["forgetting_ratio"] for r in rs], color=colors[n], label=n, s=40)
-    scatter.axhline(1.0, color="gray", lw=0.8, ls=":")
-    scatter.set_xlabel("new-domain gain (ppl before / after)  ->  better")
-    scatter.set_ylabel("forgetting (old-domain ppl after / before)  ->  worse")
-    scatter.set_title("one point per seed", fontsize=9)
-    scatter.legend(fontsize=8)
-    s = results["settings"]
-    fig.suptitle(f"{Path(s['model']).name}: {s['max_steps']} steps x {s['batch_size']}x{s['block_size']} tokens "
-                 f"on the new domain, lr {s['learning_rate']:g}", fontsize=10)
+    runs, chosen, s = results["runs"], results["chosen_learning_rates"], results["settings"]
+    domains = list(runs[0]["after"])
+    new_domain, old_domains = domains[0], domains[1:]
+    fig, axes = plt.subplots(1, len(domains) + 1, figsize=(4.4 * (len(domains) + 1), 4.2))
+    for ax, domain in zip(axes, domains):
+        for r in runs:
+            if chosen.get(r["strategy"]) != r["learning_rate"]:
+                continue
+            steps, values = zip(*r["curves"][domain])
+            ax.plot(steps, values, marker="o", ms=3, color=COLORS[r["strategy"]], alpha=0.85,
+                    ls="-" if r["seed"] == s["sweep_seed"] else "--",
+                    label=f"{r['strategy']} lr {r['learning_rate']:g}" if r["seed"] == s["sweep_seed"] else None)
+        if domain == new_domain:
+            ax.axhline(results["target_perplexity"], color="black", lw=0.8, ls=":", label="target")
+        ax.set_title(f"{domain} ({'new, trained on' if domain == new_domain else 'old, never trained on'})", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("held-out perplexity")
+    axes[0].legend(fontsize=7)
+    trade = axes[-1]
+    for strategy in chosen:
+        rs = sorted((r for r in runs if r["strategy"] == strategy and r["seed"] == s["sweep_seed"]),
+                    key=lambda r: r["learning_rate"])
+        xs = [r["after"][new_domain] for r in rs]
+        ys = [100 * statistics.fmean(r["old_domain_rise"].values()) for r in rs]
+        trade.plot(xs, ys, "o-", color=COLORS[strategy], label=strategy)
+        for r, x, y in zip(rs, xs, ys):
+            trade.annotate(f"{r['learning_rate']:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    trade.axvline(results["target_perplexity"], color="black", lw=0.8, ls=":")
+    trade.axhline(0, color="gray", lw=0.6)
+    trade.set_xscale("log")
+    trade.set_xlabel(f"{new_domain} held-out perplexity after (<- learned more)")
+    trade.set_ylabel(f"mean old-domain rise, % ({', '.join(old_domains)})")
+    trade.set_title(f"learning-rate sweep, seed {s['sweep_seed']} (labels: rate)", fontsize=9)
+    trade.legend(fontsize=7)
+    fig.suptitle(f"{Path(s['model']).name}: {s['max_steps']} steps x {s['batch_size']}x{s['block_size']} tokens of "
+                 f"{new_domain}; curves at each strategy's chosen rate (solid seed {s['sweep_seed']}, dashed others); "
+                 f"target {new_domain} perplexity {results['target_perplexity']:.1f}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
@@ -253,60 +358,79 @@ def main(argv=None, on_trained=None) -> dict:
     llama = load_plain_llama(source)
     llama.requires_grad_(False)  # the shared source; every strategy trains a copy
     tokenizer = load_tokenizer(source)
-    limit = llama.config.max_position_embeddings
-    new_train, new_held_out = build_datasets(args.data, tokenizer, args.block_size, seed=args.split_seed, max_model_length=limit)
-    _, old_held_out = build_datasets(args.old_data, tokenizer, args.block_size, seed=args.split_seed, max_model_length=limit)
-    held_out = {"new domain": new_held_out, "old domain": old_held_out}
-    eval_tokens = {d: min(len(b), args.eval_batches * args.batch_size) * args.block_size for d, b in held_out.items()}
-    tqdm.write(f"{source.name}: {len(new_train)} training blocks of {args.block_size} tokens; "
-               f"held-out tokens per perplexity {eval_tokens}; loaded in {time.perf_counter() - start:.0f} s")
-
+    new_train, held_out = load_held_out_and_train(args, tokenizer)
+    new_domain = next(iter(held_out))
+    tqdm.write(f"{source.name}: {len(new_train)} {new_domain} training blocks of {args.block_size} tokens; "
+               f"{args.held_out_blocks} held-out blocks per domain; loaded in {time.perf_counter() - start:.0f} s")
     before = measure(llama, held_out, args)
-    tqdm.write(f"pretrained model, held-out perplexity: {before}")
-    runs = []
-    jobs = [(seed, strategy) for seed in args.seeds for strategy in args.strategies]
-    for seed, strategy in tqdm(jobs, desc="runs"):
-        record, model = run_one(strategy, seed, llama, tokenizer, new_train, held_out, args, before)
-        if on_trained is not None:
-            on_trained(record, model, held_out)
-        del model
-        runs.append(record)
-        tqdm.write(f"{strategy} seed {seed}: new {record['before']['new domain']:.2f} -> {record['after']['new domain']:.2f}, "
-                   f"old {record['before']['old domain']:.2f} -> {record['after']['old domain']:.2f} "
-                   f"(forgetting x{record['forgetting_ratio']:.2f}), {record['train_wall_s']:.0f} s")
+    target = before[new_domain] / args.target_gain
+    tqdm.write(f"pretrained model, held-out perplexity: {before}; target {new_domain} perplexity {target:.2f}")
 
+    sweeps = {strategy: args.lr_sweep or LR_SWEEP[strategy] for strategy in args.strategies}
     script = Path(__file__).resolve()
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
     results = {
         "command": shlex.join(["python", str(shown), *argv]),
+        "complete": False,
         "strategies": {name: STRATEGIES[name] for name in args.strategies},
         "settings": {
-            "model": str(source), "data": args.data, "old_data": args.old_data, "max_steps": args.max_steps,
-            "batch_size": args.batch_size, "block_size": args.block_size, "learning_rate": args.learning_rate,
-            "learning_rate_note": "one rate for every strategy (AdamW, weight decay 0.01, warmup + cosine, clip 1.0)",
+            "model": str(source), "new_domain": args.data, "old_domains": args.old_data, "max_steps": args.max_steps,
+            "batch_size": args.batch_size, "block_size": args.block_size, "learning_rate_sweeps": sweeps,
+            "optimizer": "AdamW, weight decay 0.01, linear warmup + cosine decay to 0, gradient clip 1.0",
             "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
-            "pretrained_period": args.pretrained_period, "eval_batches": args.eval_batches,
-            "held_out_tokens_per_perplexity": eval_tokens, "split_seed": args.split_seed, "seeds": args.seeds,
-            "training_blocks": len(new_train),
+            "pretrained_period": args.pretrained_period, "slow_level_period": args.slow_level_period,
+            "lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_targets": LORA_TARGETS,
+            "held_out_blocks_per_domain": args.held_out_blocks, "eval_every": args.eval_every,
+            "split_seed": args.split_seed, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
+            "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
         },
+        "target_perplexity": target,
+        "before": before,
         "definitions": {
-            "forgetting_ratio": "old-domain held-out ppl after / before (1 = no forgetting)",
+            "target_perplexity": "pretrained new-domain held-out perplexity / target_gain: every strategy's rate is "
+                                 "chosen so that its new-domain perplexity after training is closest to it (in log)",
             "new_domain_gain": "new-domain held-out ppl before / after (> 1 = learned the new domain)",
-            "before": "the pretrained Llama's held-out perplexity, the start of every strategy (the CMS retrofit computes "
-                      "what the Llama computed: new levels' outputs start at zero)",
+            "old_domain_rise": "old-domain held-out ppl after / before - 1 (0 = no forgetting)",
+            "rise_vs_full_finetune": "a strategy's mean old-domain rise / full fine-tuning's, both at the matched gain",
+            "curves": "held-out perplexity per domain, [[step, ppl], ...], step 0 = the pretrained model",
             "data_order_sha256": "hash of the training blocks in the order read: equal across strategies for one seed",
         },
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count(), "loadavg_1_5_15min_at_start": load_at_start,
-                    "loadavg_1_5_15min_at_end": os.getloadavg(),
-                    "note": "load average well above cpu_count: other jobs shared the cores, wall times are inflated"},
-        "total_wall_s": round(time.perf_counter() - start, 1),
-        "total_cpu_s": round(time.process_time() - start_cpu, 1),
-        "summary": summarize(runs),
-        "runs": runs,
+        "runs": [],
     }
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def run_and_record(strategy, lr, seed):
+        record, model = run_one(strategy, lr, seed, llama, tokenizer, new_train, held_out, args, before)
+        if on_trained is not None:
+            on_trained(record, model, held_out)
+        results["runs"].append(record)
+        results["total_wall_s"] = round(time.perf_counter() - start, 1)
+        path.write_text(json.dumps(results, indent=1, ensure_ascii=False))  # partial results survive a kill
+        rises = ", ".join(f"{d} {100 * v:+.1f}%" for d, v in record["old_domain_rise"].items())
+        tqdm.write(f"{strategy} lr {lr:g} seed {seed}: {new_domain} {before[new_domain]:.2f} -> "
+                   f"{record['after'][new_domain]:.2f} (x{record['new_domain_gain']:.2f}); {rises}; "
+                   f"{record['train_wall_s']:.0f} s")
+
+    for strategy in args.strategies:  # the sweep, one seed
+        for lr in sweeps[strategy]:
+            run_and_record(strategy, lr, args.sweep_seed)
+    chosen = choose_rates(results["runs"], new_domain, target, args.sweep_seed)
+    results["chosen_learning_rates"] = chosen
+    for seed in args.seeds:  # the chosen rates, the other seeds
+        for strategy in args.strategies:
+            if seed != args.sweep_seed:
+                run_and_record(strategy, chosen[strategy], seed)
+
+    results["summary"] = summarize(results["runs"], chosen, new_domain, target)
+    results["complete"] = True
+    results["total_wall_s"] = round(time.perf_counter() - start, 1)
+    results["total_cpu_s"] = round(time.process_time() - start_cpu, 1)
+    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cpu_count": os.cpu_count(), "loadavg_1_5_15min_at_start": load_at_start,
+                          "loadavg_1_5_15min_at_end": os.getloadavg(),
+                          "note": "a load average above the threads used means other jobs shared the cores: wall "
+                                  "times are inflated"}
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     plot(results, path.with_suffix(".png"))
     print_table(results)
@@ -315,13 +439,21 @@ def main(argv=None, on_trained=None) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print("\nstrategy           trainable   new ppl before -> after   old ppl before -> after   forgetting   new gain")
+    domains = list(results["before"])
+    new_domain, old_domains = domains[0], domains[1:]
+    print(f"\ntarget {new_domain} perplexity {results['target_perplexity']:.2f} "
+          f"(pretrained {results['before'][new_domain]:.2f} / {results['settings']['target_gain']:g})")
+    print(f"{'strategy':<16} {'lr':>7} {'trainable':>11} {new_domain + ' after':>14} "
+          + " ".join(f"{d + ' rise':>14}" for d in old_domains) + "   rise / full FT")
     for name, s in results["summary"].items():
-        pa, pb = s["ppl_after"], s["ppl_before"]
-        print(f"{name:<18}{s['trainable_parameters']:>11,}   {pb['new domain']:>7.2f} -> {pa['new domain']['mean']:>6.2f}"
-              f"±{pa['new domain']['std']:<5.2f}    {pb['old domain']:>7.2f} -> {pa['old domain']['mean']:>6.2f}"
-              f"±{pa['old domain']['std']:<5.2f}   x{s['forgetting_ratio']['mean']:.2f}        x{s['new_domain_gain']['mean']:.2f}")
+        rises = " ".join(f"{100 * s['old_domain_rise'][d]['mean']:>+9.1f}±{100 * s['old_domain_rise'][d]['std']:<4.1f}"
+                         for d in old_domains)
+        versus = s.get("rise_vs_full_finetune", {})
+        print(f"{name:<16} {s['learning_rate']:>7g} {s['trainable_parameters']:>11,} "
+              f"{s['ppl_after'][new_domain]['mean']:>8.2f}±{s['ppl_after'][new_domain]['std']:<5.2f} {rises}   "
+              + " ".join(f"{d} {v:.2f}" if v is not None else f"{d} -" for d, v in versus.items()))
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     main()

@@ -94,8 +94,12 @@ def evaluate(model, loader, accelerator, max_batches: int) -> float:
     return math.exp(torch.stack(losses).mean().item())
 
 
-def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=None) -> TrainerState:
-    """Train ``model`` and save it (with the tokenizer) to ``output_dir/final``."""
+def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=None,
+          other_eval_datasets: dict | None = None) -> TrainerState:
+    """Train ``model`` and save it (with the tokenizer) to ``output_dir/final``.
+
+    ``other_eval_datasets`` ({name: blocks}, e.g. old domains): evaluated whenever
+    ``eval_dataset`` is, logged as ``{"eval_perplexity_other": {name: perplexity}}``."""
     resume_dir = check_resumable(config.resume_from) if config.resume_from else None
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -120,6 +124,8 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
     model, optimizer, train_loader, eval_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, lr_scheduler
     )
+    other_loaders = {name: accelerator.prepare(DataLoader(blocks, batch_size=config.batch_size, collate_fn=collate))
+                     for name, blocks in (other_eval_datasets or {}).items()}
     schedule = None
     if any(is_cms_module(m) for m in accelerator.unwrap_model(model).modules()):
         schedule = CMSSchedule(accelerator.unwrap_model(model), config.cms_periods)
@@ -140,7 +146,15 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if "eval_perplexity" in record:  # losses show on the progress bar, evaluations as lines
-                tqdm.write(f"step {record['step']}: held-out perplexity {record['eval_perplexity']:.2f}")
+                others = "".join(f", {k} {v:.2f}" for k, v in record.get("eval_perplexity_other", {}).items())
+                tqdm.write(f"step {record['step']}: held-out perplexity {record['eval_perplexity']:.2f}{others}")
+
+    def evaluation_record() -> dict:
+        record = {"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)}
+        if other_loaders:
+            record["eval_perplexity_other"] = {name: evaluate(model, loader, accelerator, config.eval_batches)
+                                               for name, loader in other_loaders.items()}
+        return record
 
     def save_checkpoint() -> Path:
         path = output_dir / "checkpoints" / f"step_{state.step}"
@@ -180,7 +194,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
                 progress.set_postfix(loss=f"{mean_loss:.3f}")
             window = []
             if config.eval_every and state.step % config.eval_every == 0:
-                log({"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)})
+                log(evaluation_record())
             if config.save_every and state.step % config.save_every == 0:
                 save_checkpoint()
             if state.step >= config.max_steps or state.step == config.stop_after_steps:
@@ -192,7 +206,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
     progress.close()
 
     if not (config.eval_every and state.step % config.eval_every == 0):
-        log({"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)})
+        log(evaluation_record())
     if not (config.save_every and state.step % config.save_every == 0):
         save_checkpoint()
     full_state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers the shards here
