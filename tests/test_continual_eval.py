@@ -150,7 +150,10 @@ def test_all_strategies_write_finite_results_and_curves_on_the_same_tokens(setup
     lora -= 2 * 2 * 2 * 16  # k and v map 32 -> 16 (2 key-value heads of 8)
     assert by["lora"]["trainable_parameters"] == lora
     assert set(saved["summary"]) == set(strategies)
-    assert saved["summary"]["full_finetune"]["rise_vs_full_finetune"]["old"] == pytest.approx(1.0)
+    full_rise = saved["summary"]["full_finetune"]["old_domain_rise"]["old"]["mean"]
+    # a ratio only where full fine-tuning forgot (its rise > 0); the tiny random model may not
+    expected = pytest.approx(1.0) if full_rise > 0 else None
+    assert saved["summary"]["full_finetune"]["rise_vs_full_finetune"]["old"] == expected
 
 
 def test_full_finetune_changes_every_parameter(study):
