@@ -28,16 +28,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from hope_hf import HopeConfig  # noqa: E402
 from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, mqar_model_config, train_mqar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = ROOT / "evaluation" / "results" / "mqar_sweep.json"
 
+NO_TITANS = ("attention", "gated_deltanet")  # mixers without a titans layer (no titans init to record)
+
 # Titans with one modelling choice changed (HopeConfig fields; defaults in brackets).
 ABLATIONS = {
     "titans_init_std_0.1": dict(titans_memory_init_std=0.1),  # [initializer_range 0.02]: k != v at start
     "titans_init_std_0.3": dict(titans_memory_init_std=0.3),
-    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # [0.9 .. 0.999 over heads]
+    "titans_decay_0.9": dict(titans_decay_init_min=0.9),  # [0.99 .. 0.999 over heads; 0.9 before issue 14]
+    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # the default since issue 14
     "titans_eta_0.9": dict(titans_eta_init=0.9),  # [0.5 of eta_max]
     "titans_chunk_64": dict(titans_chunk_size=64),  # [16 here]
     "titans_chunk_4": dict(titans_chunk_size=4),
@@ -99,7 +103,7 @@ def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learnin
     task = MQARTask(vocab_size=args.vocab_size, seq_len=seq_len, num_kv_pairs=pairs)
     fields = dict(hidden_size=width, num_layers=args.num_layers, head_dim=args.head_dim,
                   titans_chunk_size=args.titans_chunk_size, **overrides)
-    decay_init_min = mqar_model_config(mixer, task, **fields).titans_decay_init_min  # recorded: its default may change
+    decay_init_min = None if mixer in NO_TITANS else mqar_model_config(mixer, task, **fields).titans_decay_init_min
     start = time.perf_counter()
     run = train_mqar(lambda: mqar_model(mixer, task, **fields), task, steps=steps, batch_size=args.batch_size,
                      learning_rate=learning_rate, eval_every=args.eval_every, eval_examples=args.eval_examples,
@@ -109,15 +113,24 @@ def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learnin
             "titans_decay_init_min": decay_init_min, "width": width, "seq_len": seq_len,
             "num_kv_pairs": pairs, "learning_rate": learning_rate, "seed": seed, "steps": steps, "steps_run": run["steps_run"],
             "accuracy": run["final_accuracy"], "num_parameters": run["num_parameters"],
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1), "load_average": [round(x, 2) for x in os.getloadavg()],
             "eval": [{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()} for e in run["eval"]]}
 
 
+def run_label(run: dict) -> str:
+    """The variant's name, plus the initial decay where it was not the current default (runs made before
+    HopeConfig's titans_decay_init_min changed; each run records the decay it was made with)."""
+    decay = run.get("titans_decay_init_min")
+    if decay is None or decay == HopeConfig.titans_decay_init_min or "titans_decay_init_min" in run["overrides"]:
+        return run["variant"]
+    return f"{run['variant']} (decay_init_min {decay:g})"
+
+
 def best_by_cell(runs: list[dict]) -> dict:
-    """(variant, seq_len, pairs, width, steps, seed) -> the run with the highest accuracy over learning rates."""
+    """(label, seq_len, pairs, width, steps, seed) -> the run with the highest accuracy over learning rates."""
     best = {}
     for run in runs:
-        key = (run["variant"], run["seq_len"], run["num_kv_pairs"], run["width"], run["steps"], run.get("seed", 0))
+        key = (run_label(run), run["seq_len"], run["num_kv_pairs"], run["width"], run["steps"], run.get("seed", 0))
         if key not in best or run["accuracy"] > best[key]["accuracy"]:
             best[key] = run
     return best
@@ -206,7 +219,7 @@ def main(argv=None):
         report["runs"] = previous["runs"]
         report["command"] = previous["command"] + " ; " + command
         started -= previous["duration_s"]
-    done = {(r["variant"], r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"], r.get("seed", 0))
+    done = {(run_label(r), r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"], r.get("seed", 0))
             for r in report["runs"]}
     sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
     for seed in args.seeds or [args.seed]:
