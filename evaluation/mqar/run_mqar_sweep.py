@@ -118,10 +118,13 @@ def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learnin
 
 
 def run_label(run: dict) -> str:
-    """The variant's name, plus the initial decay where it was not the current default (runs made before
-    HopeConfig's titans_decay_init_min changed; each run records the decay it was made with)."""
-    decay = run.get("titans_decay_init_min")
-    if decay is None or decay == HopeConfig.titans_decay_init_min or "titans_decay_init_min" in run["overrides"]:
+    """The cell a run belongs to: an ablation whose overrides are now HopeConfig's defaults counts as its
+    mixer (titans_decay_0.99 is titans since issue 14), and a run made with an initial decay that is no
+    longer the default says so (each run records the decay it was made with)."""
+    overrides, decay = run["overrides"], run.get("titans_decay_init_min")
+    if overrides and all(getattr(HopeConfig, field) == value for field, value in overrides.items()):
+        return run["mixer"]
+    if decay is None or decay == HopeConfig.titans_decay_init_min or "titans_decay_init_min" in overrides:
         return run["variant"]
     return f"{run['variant']} (decay_init_min {decay:g})"
 
