@@ -144,7 +144,8 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     runs = {key: run for key, run in best.items() if key[4] == steps}
     for ax, (seq_len, pairs) in zip(axes[0], tasks):
-        for i, variant in enumerate(dict.fromkeys(key[0] for key in runs)):
+        variants = list(dict.fromkeys(key[0] for key in runs))
+        for i, variant in enumerate(variants):
             by_width = {}
             for (v, s, p, w, _, _), r in runs.items():
                 if (v, s, p) == (variant, seq_len, pairs):
@@ -152,7 +153,7 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
             if not by_width:
                 continue
             widths = sorted(by_width)  # nudged apart per variant so that equal points stay visible
-            nudged = [w * 1.04**i for w in widths]
+            nudged = [w * 1.015 ** (i - (len(variants) - 1) / 2) for w in widths]
             line, = ax.plot(nudged, [sum(by_width[w]) / len(by_width[w]) for w in widths], marker="o", label=variant)
             for x, w in zip(nudged, widths):
                 ax.scatter([x] * len(by_width[w]), by_width[w], s=8, color=line.get_color(), alpha=0.6)
@@ -163,7 +164,7 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
         ax.set_xticks(widths, [str(w) for w in widths], minor=False)
         ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="center left")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
