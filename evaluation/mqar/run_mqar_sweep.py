@@ -6,6 +6,7 @@ sanity setting, otherwise the script refuses to compare (exit status 2).
 
     python evaluation/mqar/run_mqar_sweep.py                   # the README's sweep (1 CPU thread)
     python evaluation/mqar/run_mqar_sweep.py --variants titans titans_init_std_0.1 --widths 64
+    python evaluation/mqar/run_mqar_sweep.py --resume --variants titans --widths 128 --seeds 1 2   # add runs to the JSON
 
 Variants: the mixers of hope_hf.evaluation.mqar.MIXER_VARIANTS (attention, gated_deltanet,
 titans, titans_static, hybrid) and the titans ablations of ABLATIONS below (one change each).
