@@ -192,3 +192,26 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
         sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--sanity-accuracy", "1.01", "--output", str(tmp_path / "no.json")])
     assert refused.value.code == 2
     assert json.loads((tmp_path / "no.json").read_text())["runs"] == [] and not (tmp_path / "no.png").exists()
+
+
+def test_sweep_runs_each_seed_and_labels_runs_by_their_initial_decay(tmp_path):
+    sweep = load_sweep()
+    args = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
+            "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3",
+            "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "2", "--sanity-accuracy", "0.0",
+            "--variants", "attention", "--seeds", "0", "1", "--output", str(tmp_path / "seeds.json")]
+    report = sweep.main(args)
+    assert [r["seed"] for r in report["runs"]] == [0, 1] and report["runs"][0]["eval"] != report["runs"][1]["eval"]
+    assert sorted(row["seed"] for row in report["best"]) == [0, 1]
+    resumed = sweep.main(args + ["--resume", "--seeds", "1", "2"])
+    assert [r["seed"] for r in resumed["runs"]] == [0, 1, 2]  # seed 1 is not rerun
+
+    default = HopeConfig.titans_decay_init_min
+    titans = dict(variant="titans", mixer="titans", overrides={}, titans_decay_init_min=default)
+    assert sweep.run_label(titans) == "titans"
+    assert sweep.run_label({**titans, "titans_decay_init_min": default / 2}) == f"titans (decay_init_min {default / 2:g})"
+    as_default = dict(titans, variant="titans_decay_x", overrides={"titans_decay_init_min": default})
+    assert sweep.run_label(as_default) == "titans"
+    other = dict(titans, variant="titans_decay_x", overrides={"titans_decay_init_min": default / 2})
+    assert sweep.run_label(other) == "titans_decay_x"
+    assert sweep.run_label(dict(variant="attention", mixer="attention", overrides={}, titans_decay_init_min=None)) == "attention"

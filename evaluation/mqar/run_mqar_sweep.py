@@ -6,6 +6,7 @@ sanity setting, otherwise the script refuses to compare (exit status 2).
 
     python evaluation/mqar/run_mqar_sweep.py                   # the README's sweep (1 CPU thread)
     python evaluation/mqar/run_mqar_sweep.py --variants titans titans_init_std_0.1 --widths 64
+    python evaluation/mqar/run_mqar_sweep.py --resume --variants titans --widths 128 --seeds 1 2   # add runs to the JSON
 
 Variants: the mixers of hope_hf.evaluation.mqar.MIXER_VARIANTS (attention, gated_deltanet,
 titans, titans_static, hybrid) and the titans ablations of ABLATIONS below (one change each).
@@ -28,16 +29,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, train_mqar  # noqa: E402
+from hope_hf import HopeConfig  # noqa: E402
+from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, mqar_model_config, train_mqar  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = ROOT / "evaluation" / "results" / "mqar_sweep.json"
+
+NO_TITANS = ("attention", "gated_deltanet")  # mixers without a titans layer (no titans init to record)
 
 # Titans with one modelling choice changed (HopeConfig fields; defaults in brackets).
 ABLATIONS = {
     "titans_init_std_0.1": dict(titans_memory_init_std=0.1),  # [initializer_range 0.02]: k != v at start
     "titans_init_std_0.3": dict(titans_memory_init_std=0.3),
-    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # [0.9 .. 0.999 over heads]
+    "titans_decay_0.9": dict(titans_decay_init_min=0.9),  # [0.99 .. 0.999 over heads; 0.9 before issue 14]
+    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # the default since issue 14
     "titans_eta_0.9": dict(titans_eta_init=0.9),  # [0.5 of eta_max]
     "titans_chunk_64": dict(titans_chunk_size=64),  # [16 here]
     "titans_chunk_4": dict(titans_chunk_size=4),
@@ -68,6 +73,7 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rates", nargs="+", type=float, default=[1e-3],
                         help="tried in order; a cell stops trying once one reaches --stop-accuracy")
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--plot-steps", type=int, default=2000, help="the PNG shows the runs of this budget")
     parser.add_argument("--stop-accuracy", type=float, default=0.99, help="a run ends early once it evaluates at this")
     parser.add_argument("--vocab-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
@@ -76,7 +82,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-examples", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the sanity run's seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds of the sweep's runs (default: --seed)")
     parser.add_argument("--sanity", nargs=4, type=float, default=[128, 64, 8, 1e-3], metavar=("WIDTH", "SEQ", "PAIRS", "LR"),
                         help="attention's sanity setting (trained for --sanity-steps)")
     parser.add_argument("--sanity-steps", type=int, default=4000)
@@ -90,50 +97,75 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learning_rate: float, steps: int) -> dict:
+def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learning_rate: float, steps: int,
+               seed: int) -> dict:
     """One training run; returns its record (settings, accuracy, eval curve, seconds)."""
     mixer, overrides = variant_spec(variant)
     task = MQARTask(vocab_size=args.vocab_size, seq_len=seq_len, num_kv_pairs=pairs)
     fields = dict(hidden_size=width, num_layers=args.num_layers, head_dim=args.head_dim,
                   titans_chunk_size=args.titans_chunk_size, **overrides)
+    decay_init_min = None if mixer in NO_TITANS else mqar_model_config(mixer, task, **fields).titans_decay_init_min
     start = time.perf_counter()
     run = train_mqar(lambda: mqar_model(mixer, task, **fields), task, steps=steps, batch_size=args.batch_size,
                      learning_rate=learning_rate, eval_every=args.eval_every, eval_examples=args.eval_examples,
-                     seed=args.seed, description=f"{variant} w{width} {seq_len}x{pairs} lr {learning_rate:g}",
+                     seed=seed, description=f"{variant} w{width} {seq_len}x{pairs} lr {learning_rate:g} seed {seed}",
                      stop_at_accuracy=args.stop_accuracy)
-    return {"variant": variant, "mixer": mixer, "overrides": overrides, "width": width, "seq_len": seq_len,
-            "num_kv_pairs": pairs, "learning_rate": learning_rate, "steps": steps, "steps_run": run["steps_run"],
+    return {"variant": variant, "mixer": mixer, "overrides": overrides,
+            "titans_decay_init_min": decay_init_min, "width": width, "seq_len": seq_len,
+            "num_kv_pairs": pairs, "learning_rate": learning_rate, "seed": seed, "steps": steps, "steps_run": run["steps_run"],
             "accuracy": run["final_accuracy"], "num_parameters": run["num_parameters"],
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1), "load_average": [round(x, 2) for x in os.getloadavg()],
             "eval": [{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()} for e in run["eval"]]}
 
 
+def run_label(run: dict) -> str:
+    """The cell a run belongs to: an ablation whose overrides are now HopeConfig's defaults counts as its
+    mixer (titans_decay_0.99 is titans since issue 14), and a run made with an initial decay that is no
+    longer the default says so (each run records the decay it was made with)."""
+    overrides, decay = run["overrides"], run.get("titans_decay_init_min")
+    if overrides and all(getattr(HopeConfig, field) == value for field, value in overrides.items()):
+        return run["mixer"]
+    if decay is None or decay == HopeConfig.titans_decay_init_min or "titans_decay_init_min" in overrides:
+        return run["variant"]
+    return f"{run['variant']} (decay_init_min {decay:g})"
+
+
 def best_by_cell(runs: list[dict]) -> dict:
-    """(variant, seq_len, pairs, width) -> the run with the highest accuracy over learning rates."""
+    """(label, seq_len, pairs, width, steps, seed) -> the run with the highest accuracy over learning rates."""
     best = {}
     for run in runs:
-        key = (run["variant"], run["seq_len"], run["num_kv_pairs"], run["width"])
+        key = (run_label(run), run["seq_len"], run["num_kv_pairs"], run["width"], run["steps"], run.get("seed", 0))
         if key not in best or run["accuracy"] > best[key]["accuracy"]:
             best[key] = run
     return best
 
 
-def plot(best: dict, tasks, title: str, path: Path) -> None:
+def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
+    """Accuracy vs width, one line per variant through the mean over seeds (runs of ``steps``), a dot per seed."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    runs = {key: run for key, run in best.items() if key[4] == steps}
     for ax, (seq_len, pairs) in zip(axes[0], tasks):
-        for i, variant in enumerate(dict.fromkeys(key[0] for key in best)):
-            cells = sorted((w, r["accuracy"]) for (v, s, p, w), r in best.items() if (v, s, p) == (variant, seq_len, pairs))
-            if cells:  # widths nudged apart per variant so that equal points stay visible
-                widths, accuracies = zip(*cells)
-                ax.plot([w * 1.04**i for w in widths], accuracies, marker="o", label=variant)
+        variants = list(dict.fromkeys(key[0] for key in runs))
+        for i, variant in enumerate(variants):
+            by_width = {}
+            for (v, s, p, w, _, _), r in runs.items():
+                if (v, s, p) == (variant, seq_len, pairs):
+                    by_width.setdefault(w, []).append(r["accuracy"])
+            if not by_width:
+                continue
+            widths = sorted(by_width)  # nudged apart per variant so that equal points stay visible
+            nudged = [w * 1.015 ** (i - (len(variants) - 1) / 2) for w in widths]
+            line, = ax.plot(nudged, [sum(by_width[w]) / len(by_width[w]) for w in widths], marker="o", label=variant)
+            for x, w in zip(nudged, widths):
+                ax.scatter([x] * len(by_width[w]), by_width[w], s=8, color=line.get_color(), alpha=0.6)
         ax.axhline(1 / pairs, color="gray", linestyle=":", linewidth=1, label="chance 1/pairs")
         ax.set(xscale="log", xlabel="model width", ylabel="held-out answer accuracy", ylim=(0, 1.02),
                title=f"seq len {seq_len}, {pairs} kv pairs")
-        widths = sorted({w for (v, s, p, w) in best if (s, p) == (seq_len, pairs)})
+        widths = sorted({key[3] for key in runs if key[1:3] == (seq_len, pairs)})
         ax.set_xticks(widths, [str(w) for w in widths], minor=False)
         ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="center left")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -151,13 +183,14 @@ def recorded_sanity(args, width: int, seq_len: int, pairs: int, learning_rate: f
 def write_report(report: dict, args, started: float) -> None:
     """The JSON (every run, the best per cell, the duration so far) and the PNG."""
     best = best_by_cell(report["runs"])
-    report["best"] = [{"variant": v, "seq_len": s, "num_kv_pairs": p, "width": w, "accuracy": r["accuracy"],
-                       "learning_rate": r["learning_rate"], "steps_run": r["steps_run"]}
-                      for (v, s, p, w), r in best.items()]
+    report["best"] = [{"variant": v, "seq_len": s, "num_kv_pairs": p, "width": w, "seed": seed, "accuracy": r["accuracy"],
+                       "learning_rate": r["learning_rate"], "steps": steps, "steps_run": r["steps_run"]}
+                      for (v, s, p, w, steps, seed), r in best.items()]
     report["duration_s"] = round(time.time() - started, 1)
     report["load_average"] = os.getloadavg()
     args.output.write_text(json.dumps(report, indent=1))
-    plot(best, args.tasks, f"MQAR, best of lr {args.learning_rates}, <= {args.steps} steps of batch {args.batch_size}",
+    plot(best, args.tasks, args.plot_steps,
+         f"MQAR, best lr per run, <= {args.plot_steps} steps of batch {args.batch_size}; line: mean over seeds",
          args.output.with_suffix(".png"))
 
 
@@ -172,7 +205,7 @@ def main(argv=None):
     if previous is not None:
         args.sanity_from = args.output
     if args.sanity_from is None:
-        sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
+        sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
     else:
         sanity = recorded_sanity(args, int(width), int(seq_len), int(pairs), lr)
     sanity["passed"] = sanity["accuracy"] >= args.sanity_accuracy
@@ -191,31 +224,33 @@ def main(argv=None):
         report["runs"] = previous["runs"]
         report["command"] = previous["command"] + " ; " + command
         started -= previous["duration_s"]
-    done = {(r["variant"], r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"]) for r in report["runs"]}
-    sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps)
-    for seq_len, pairs in args.tasks:
-        for width in args.widths:
-            for variant in args.variants:
-                if variant in ABLATIONS and width not in args.ablation_widths:
-                    continue
-                for learning_rate in args.learning_rates:
-                    cell = (variant, width, seq_len, pairs, learning_rate, args.steps)
-                    if cell in done:
+    done = {(run_label(r), r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"], r.get("seed", 0))
+            for r in report["runs"]}
+    sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
+    for seed in args.seeds or [args.seed]:
+        for seq_len, pairs in args.tasks:
+            for width in args.widths:
+                for variant in args.variants:
+                    if variant in ABLATIONS and width not in args.ablation_widths:
                         continue
-                    if cell == sanity_key:
-                        run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
-                    else:
-                        run = train_cell(args, variant, width, seq_len, pairs, learning_rate, args.steps)
-                    report["runs"].append(run)
-                    write_report(report, args, started)  # progress survives an interruption
-                    if run["accuracy"] >= args.stop_accuracy:
-                        break
+                    for learning_rate in args.learning_rates:
+                        cell = (variant, width, seq_len, pairs, learning_rate, args.steps, seed)
+                        if cell in done:
+                            continue
+                        if cell == sanity_key:
+                            run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
+                        else:
+                            run = train_cell(args, variant, width, seq_len, pairs, learning_rate, args.steps, seed)
+                        report["runs"].append(run)
+                        write_report(report, args, started)  # progress survives an interruption
+                        if run["accuracy"] >= args.stop_accuracy:
+                            break
     write_report(report, args, started)
 
     print(f"\nsanity: attention {sanity['accuracy']:.3f} at step {sanity['steps_run']}")
-    print(f"{'variant':<22} {'task':>7} {'width':>6} {'acc':>6} {'lr':>7} {'steps':>6}")
+    print(f"{'variant':<22} {'task':>7} {'width':>6} {'seed':>4} {'acc':>6} {'lr':>7} {'steps':>6}")
     for row in report["best"]:
-        print(f"{row['variant']:<22} {row['seq_len']:>4}x{row['num_kv_pairs']:<2} {row['width']:>6} "
+        print(f"{row['variant']:<22} {row['seq_len']:>4}x{row['num_kv_pairs']:<2} {row['width']:>6} {row['seed']:>4} "
               f"{row['accuracy']:>6.3f} {row['learning_rate']:>7g} {row['steps_run']:>6}")
     print(f"{report['duration_s']:.0f} s; wrote {args.output} and {args.output.with_suffix('.png')}")
     return report
