@@ -162,3 +162,20 @@ def test_optimizer_sweep_end_to_end(tmp_path, small_corpus):
     # the same initial weights and data for a seed: different optimizers start from the same held-out loss
     starts = {r["curve"][0]["held_out_loss"] for r in payload["runs"] if r["seed"] == 0}
     assert len(starts) == 1
+
+
+@pytest.mark.parametrize("name", ["llama", "hope_titans"])
+def test_gradient_accumulation_matches_the_whole_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name, TINY, 64)
+    batch = torch.randint(3, TINY.vocab_size, (4, TINY.block_size))
+    grads = []
+    for micro in (1, 2):
+        model.zero_grad()
+        loss = lm_common.accumulate_gradients(model, batch, micro, "cpu")
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gradient_accumulation"):
+        lm_common.accumulate_gradients(model, batch, 3, "cpu")

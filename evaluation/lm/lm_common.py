@@ -262,6 +262,7 @@ def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
 class RunSettings:
     steps: int = 600
     batch_size: int = 8
+    gradient_accumulation: int = 1  # micro-batches per step (batch_size must divide evenly)
     eval_every: int = 50
     eval_blocks: int = 32  # held-out blocks scored at every evaluation (the same ones each time)
     final_eval_blocks: int = 256  # at the end
@@ -288,6 +289,19 @@ def held_out_loss(model, blocks: torch.Tensor, device: str, batch_size: int = 8)
     return total / tokens
 
 
+def accumulate_gradients(model, batch: torch.Tensor, micro_batches: int, device: str) -> torch.Tensor:
+    """Backward over ``micro_batches`` equal slices of the batch; returns the batch's mean loss."""
+    if len(batch) % micro_batches:
+        raise ValueError(f"gradient_accumulation ({micro_batches}) must divide the batch size ({len(batch)})")
+    total = 0.0
+    for ids in batch.to(device).chunk(micro_batches):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            loss = model(ids, labels=ids).loss / micro_batches
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
 def train_one(model, train_blocks: torch.Tensor, held_out: torch.Tensor, settings: RunSettings,
               description: str = "train", progress: bool = True) -> dict:
     """Train on ``batch_order`` of the training blocks; held-out loss every eval_every steps.
@@ -308,10 +322,7 @@ def train_one(model, train_blocks: torch.Tensor, held_out: torch.Tensor, setting
     bar = tqdm(range(1, settings.steps + 1), desc=description, disable=not progress)
     for step in bar:
         start = time.perf_counter()
-        ids = train_blocks[order[step - 1]].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            loss = model(ids, labels=ids).loss
-        loss.backward()
+        loss = accumulate_gradients(model, train_blocks[order[step - 1]], settings.gradient_accumulation, device)
         if cms is not None:
             cms.release_gradients()
         if settings.max_grad_norm:

@@ -31,13 +31,15 @@ from lm_common import MODELS, ModelShape, OptimizerSpec, RunSettings, build_mode
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
-# "tiny" is the pilot (~0.8M non-embedding parameters, 1.2M tokens); "gpu-760m" is the
-# shape of scripts/train.py's 760m preset (hidden 1024, 24 layers, 16 heads), for GPUs, not run here.
+# "tiny" is the pilot (~0.8M non-embedding parameters, 1.2M tokens). "gpu-760m", for GPUs
+# and not run here: the paper's 760M scale (section 9.3: d_model 1024, vocab 32K, 30B tokens; the
+# layer count is not given, 36 layers reach ~690M non-embedding + 66M embedding parameters), 4K
+# context, 128 x 4096 tokens a step, 57,000 steps (30B tokens). Point --corpus at a large .txt file.
 PRESETS = {
     "tiny": dict(shape=ModelShape(), steps=600, batch_size=8, lr=3e-3, eval_every=50),
-    "gpu-760m": dict(shape=ModelShape(hidden_size=1024, num_layers=24, num_heads=16, vocab_size=32000, block_size=2048,
-                                      target_non_embedding=300_000_000),
-                     steps=20_000, batch_size=256, lr=1e-3, eval_every=500),
+    "gpu-760m": dict(shape=ModelShape(hidden_size=1024, num_layers=36, num_heads=16, vocab_size=32000, block_size=4096,
+                                      target_non_embedding=690_000_000, titans_chunk_size=64),
+                     steps=57_000, batch_size=128, gradient_accumulation=16, lr=1e-3, eval_every=1000),
 }
 
 
@@ -49,6 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="model initialisation seeds")
     parser.add_argument("--steps", type=int, help="override the preset")
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--gradient-accumulation", type=int, help="micro-batches per step (the preset's default)")
     parser.add_argument("--lr", type=float, help="AdamW learning rate (override the preset)")
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--eval-blocks", type=int, default=32)
@@ -73,6 +76,7 @@ def settings_from_args(args) -> RunSettings:
     preset = PRESETS[args.preset]
     lr = args.lr or preset["lr"]
     return RunSettings(steps=args.steps or preset["steps"], batch_size=args.batch_size or preset["batch_size"],
+                       gradient_accumulation=args.gradient_accumulation or preset.get("gradient_accumulation", 1),
                        eval_every=args.eval_every or preset["eval_every"], eval_blocks=args.eval_blocks,
                        final_eval_blocks=args.final_eval_blocks, device=args.device,
                        optimizer=OptimizerSpec(name="adamw", lr=lr, adamw_lr=lr))
