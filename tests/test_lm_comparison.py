@@ -141,6 +141,7 @@ def test_comparison_end_to_end_writes_valid_json(tmp_path, small_corpus):
         # 3 steps from a uniform start: the loss is near log(vocab)
         assert abs(run["curve"][0]["held_out_loss"] - math.log(300)) < 1.0
     assert payload["model_configs"]["hope_titans"]["titans_decay_init_min"] == 0.99
+    assert payload["complete"] is True
     assert payload["duration_s"] > 0 and len(payload["load_average_1_5_15min_at_end"]) == 3
     assert payload["data"]["tokens_per_run"] == 3 * 8 * 32
 

@@ -132,6 +132,11 @@ def main(argv=None):
     tokenizer, train_blocks, held_out = prepare_data(args.corpus, shape.vocab_size, shape.block_size)
     print(f"{args.corpus}: {train_blocks.numel():,} training tokens, {held_out.numel():,} held out; "
           f"{settings.steps * settings.batch_size * shape.block_size:,} tokens per run")
+    corpus_tag = Path(args.corpus).stem if args.corpus.endswith(".txt") else args.corpus
+    output = Path(args.output) if args.output else RESULTS / f"lm_comparison_{corpus_tag}_{args.preset}_seeds{'-'.join(map(str, args.seeds))}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    context = dict(args=args, argv=argv, started=started, shape=shape, settings=settings, sizes=sizes,
+                   tokenizer=tokenizer, train_blocks=train_blocks, held_out=held_out)
     runs = []
     for seed in args.seeds:
         for name in args.models:  # models interleaved within a seed
@@ -141,16 +146,21 @@ def main(argv=None):
                                progress=not args.no_progress)
             runs.append({"model": name, "seed": seed, **result})
             print(f"{name} seed {seed}: held-out loss {result['final_held_out_loss']:.4f}, "
-                  f"{result['tokens_per_second']:.0f} tokens/s")
+                  f"{result['tokens_per_second']:.0f} tokens/s", flush=True)
             del model
-    summary = summarize(runs)
-    print_table(summary, sizes)
+            complete = len(runs) == len(args.seeds) * len(args.models)
+            payload = results_payload(runs, complete=complete, **context)
+            output.write_text(json.dumps(payload, indent=1))  # after every run: a stopped job keeps what finished
+    print_table(payload["summary"], sizes)
+    plot_curves(runs, f"{args.corpus}, {args.preset}: held-out loss (seeds {args.seeds})", output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png').name}")
+    return payload
 
-    corpus_tag = Path(args.corpus).stem if args.corpus.endswith(".txt") else args.corpus
-    output = Path(args.output) if args.output else RESULTS / f"lm_comparison_{corpus_tag}_{args.preset}_seeds{'-'.join(map(str, args.seeds))}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+
+def results_payload(runs, complete, args, argv, started, shape, settings, sizes, tokenizer, train_blocks, held_out) -> dict:
+    return {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "complete": complete,
         "duration_s": time.time() - started,
         "load_average_1_5_15min_at_end": os.getloadavg(),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -163,12 +173,8 @@ def main(argv=None):
                  "tokenizer": f"byte-level BPE, vocab {len(tokenizer)}, trained on the training split"},
         "shape": asdict(shape), "settings": asdict(settings), "parameters": sizes,
         "model_configs": {name: build_model_config(name, shape, sizes[name]["mlp_size"]) for name in args.models},
-        "summary": summary, "runs": runs,
+        "summary": summarize(runs), "runs": runs,
     }
-    output.write_text(json.dumps(payload, indent=1))
-    plot_curves(runs, f"{args.corpus}, {args.preset}: held-out loss (seeds {args.seeds})", output.with_suffix(".png"))
-    print(f"wrote {output} and {output.with_suffix('.png').name}")
-    return payload
 
 
 def build_model_config(name: str, shape: ModelShape, mlp_size: int) -> dict:
