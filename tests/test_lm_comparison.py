@@ -180,3 +180,17 @@ def test_gradient_accumulation_matches_the_whole_batch(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="gradient_accumulation"):
         lm_common.accumulate_gradients(model, batch, 3, "cpu")
+
+
+def test_sweep_summary_skips_diverged_rates():
+    import run_optimizer_sweep
+
+    def run(lr, seed, loss):
+        return {"model": "m", "optimizer_label": "adamw", "optimizer": {"lr": lr}, "seed": seed, "final_held_out_loss": loss}
+
+    runs = [run(1e-3, 0, 4.0), run(1e-3, 1, 4.2), run(3e-3, 0, 3.9), run(3e-3, 1, 4.1), run(1e-2, 0, 3.0),
+            run(1e-2, 1, float("nan"))]
+    entry = run_optimizer_sweep.summarize(runs)["m"]["adamw"]
+    assert math.isnan(entry["by_lr"][1e-2]["mean"])  # one diverged seed: no mean, never the best
+    assert entry["best_lr"] == 3e-3 and entry["best_mean"] == pytest.approx(4.0)
+    assert entry["best_std"] == pytest.approx(0.1414, abs=1e-3) and entry["best_at_edge"] is False
