@@ -1,0 +1,196 @@
+"""evaluation/lm: parameter matching, the corpora's splits, the batch order shared by every model,
+and tiny end-to-end runs of the comparison and the optimizer sweep."""
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+LM_DIR = Path(__file__).resolve().parents[1] / "evaluation" / "lm"
+sys.path.insert(0, str(LM_DIR))
+
+import lm_common  # noqa: E402
+from lm_common import (MODELS, ModelShape, RunSettings, batch_order, build_model, embedding_parameters,  # noqa: E402
+                       matched_models, non_embedding_parameters, python_documents, train_one)
+
+TINY = ModelShape(hidden_size=32, num_layers=2, num_heads=2, vocab_size=97, block_size=16,
+                  target_non_embedding=40_000, titans_chunk_size=8)
+
+
+@pytest.mark.parametrize("shape", [ModelShape(), TINY, replace(ModelShape(), num_layers=6, target_non_embedding=2_000_000)],
+                         ids=["pilot", "tiny", "6-layer-2M"])
+def test_matched_models_within_five_percent(shape):
+    sizes = matched_models(MODELS, shape)
+    for name, size in sizes.items():
+        assert abs(size["non_embedding"] / shape.target_non_embedding - 1) <= 0.05, (name, size)
+        with torch.device("meta"):
+            model = build_model(name, shape, size["mlp_size"])
+        total = sum(p.numel() for p in model.parameters())
+        assert size["embedding"] == 2 * shape.vocab_size * shape.hidden_size  # untied input + output
+        assert size["non_embedding"] + size["embedding"] == total
+
+
+def test_matching_rejects_a_target_below_the_mixers():
+    with pytest.raises(ValueError, match="hope_titans"):
+        matched_models(["hope_titans"], replace(TINY, target_non_embedding=2_000))
+
+
+def test_models_differ_only_where_named():
+    """The baseline stack keeps the Hope block but swaps the mixer; Llama is transformers' own."""
+    with torch.device("meta"):
+        gdn = build_model("gated_deltanet", TINY, 64)
+        titans = build_model("hope_titans", TINY, 64)
+        llama = build_model("llama", TINY, 64)
+    assert type(gdn.model.layers[0].mixer).__name__ == "GatedDeltaNetMixer"
+    assert type(titans.model.layers[0].mixer).__name__ != "GatedDeltaNetMixer"
+    assert titans.config.titans_decay_init_min == 0.99
+    assert [lv["update_period"] for lv in titans.config.cms_levels] == [1, 8]
+    assert len(gdn.config.cms_levels) == 1
+    assert type(llama).__name__ == "LlamaForCausalLM" and llama.config._attn_implementation == "sdpa"
+
+
+def test_english_split_deterministic_and_disjoint():
+    train, held_out = lm_common.english_documents()
+    train2, held_out2 = lm_common.english_documents()
+    assert train == train2 and held_out == held_out2
+    assert not set(train) & set(held_out)
+    assert 0.03 < len(held_out) / (len(train) + len(held_out)) < 0.07
+
+
+def test_python_split_by_name_and_missing_files_skipped(tmp_path, capsys):
+    names = [f"module_{i}.py" for i in range(60)]
+    for name in names[:-1]:  # the last one is missing
+        (tmp_path / name).write_text(f"# {name}\nx = 1\n")
+    train, held_out = python_documents(tmp_path, files=names)
+    assert "module_59.py is missing" in capsys.readouterr().err
+    assert len(train) + len(held_out) == 59 and held_out and train
+    assert not set(train) & set(held_out)
+    expected = {f"# {n}\nx = 1\n" for n in names[:-1] if lm_common.is_held_out_file(n)}
+    assert set(held_out) == expected
+    # a file's side of the split does not depend on which other files exist
+    train_b, held_out_b = python_documents(tmp_path, files=names[::2])
+    assert set(held_out_b) == expected & {f"# {n}\nx = 1\n" for n in names[::2]}
+
+
+def test_stdlib_corpus_split_is_disjoint():
+    train, held_out = python_documents()
+    assert len(train) > 100 and len(held_out) > 5
+    assert not set(train) & set(held_out)
+
+
+def test_batch_order_depends_on_the_data_seed_only():
+    order = batch_order(10, 7, 3, data_seed=0)
+    assert order.shape == (7, 3)
+    assert torch.equal(order, batch_order(10, 7, 3, data_seed=0))
+    assert not torch.equal(order, batch_order(10, 7, 3, data_seed=1))
+    first_epoch = order.flatten()[:10]
+    assert sorted(first_epoch.tolist()) == list(range(10))  # every block once per epoch
+
+
+def test_every_model_trains_on_the_same_tokens_in_the_same_order():
+    blocks = torch.randint(3, TINY.vocab_size, (12, TINY.block_size))
+    held_out = torch.randint(3, TINY.vocab_size, (2, TINY.block_size))
+    settings = RunSettings(steps=5, batch_size=2, eval_every=100, eval_blocks=1, final_eval_blocks=1)
+    seen = {}
+    for seed, name in [(0, "llama"), (0, "hope_titans"), (1, "gated_deltanet")]:
+        torch.manual_seed(seed)
+        model = build_model(name, TINY, 64)
+        batches = seen[(seed, name)] = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs, batches=batches: batches.append(kwargs.get("input_ids", args[0] if args else None).clone())
+            if module.training else None, with_kwargs=True)
+        result = train_one(model, blocks, held_out, settings, progress=False)
+        assert result["steps_run"] == 5 and math.isfinite(result["final_held_out_loss"])
+    runs = list(seen.values())
+    assert all(len(r) == 5 for r in runs)
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+    expected = [blocks[i] for i in batch_order(12, 5, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], expected))
+
+
+TINY_ARGS = ["--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--vocab-size", "300", "--block-size", "32",
+             "--target-non-embedding", "40000", "--titans-chunk-size", "16", "--eval-every", "2", "--eval-blocks", "2",
+             "--final-eval-blocks", "4", "--no-progress"]
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    """The first 80 English chapters as a .txt corpus (one document a line): a fast tokenizer."""
+    train, held_out = lm_common.english_documents()
+    path = tmp_path / "small.txt"
+    path.write_text("\n".join((train + held_out)[:80]))
+    return str(path)
+
+
+def test_comparison_end_to_end_writes_valid_json(tmp_path, small_corpus):
+    import run_lm_comparison
+
+    output = tmp_path / "cmp.json"
+    run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", "--output", str(output), *TINY_ARGS])
+    payload = json.loads(output.read_text())
+    assert output.with_suffix(".png").stat().st_size > 0
+    assert set(payload["summary"]) == set(MODELS) and len(payload["runs"]) == len(MODELS)
+    for run in payload["runs"]:
+        assert run["steps_run"] == 3 and math.isfinite(run["final_held_out_loss"])
+        assert [p["step"] for p in run["curve"]] == [0, 2, 3]
+        # 3 steps from a uniform start: the loss is near log(vocab)
+        assert abs(run["curve"][0]["held_out_loss"] - math.log(300)) < 1.0
+    assert payload["model_configs"]["hope_titans"]["titans_decay_init_min"] == 0.99
+    assert payload["complete"] is True
+    assert payload["duration_s"] > 0 and len(payload["load_average_1_5_15min_at_end"]) == 3
+    assert payload["data"]["tokens_per_run"] == 3 * 8 * 32
+
+
+def test_optimizer_sweep_end_to_end(tmp_path, small_corpus):
+    import run_optimizer_sweep
+
+    output = tmp_path / "sweep.json"
+    run_optimizer_sweep.main(["--corpus", small_corpus, "--models", "hope_titans", "--steps", "2", "--seeds", "0", "1", "--lrs-adamw", "1e-3", "3e-3",
+                              "--lrs-muon", "1e-2", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3", "--batch-size", "2",
+                              "--output", str(output), *TINY_ARGS])
+    payload = json.loads(output.read_text())
+    entries = payload["summary"]["hope_titans"]
+    assert set(entries) == {"adamw", "muon", "m3 eps=0.01", "m3 eps=0.001"}
+    assert len(payload["runs"]) == 2 * (2 + 1 + 2)
+    adamw = entries["adamw"]
+    assert set(adamw["by_lr"]) == {"0.001", "0.003"}
+    assert adamw["best_mean"] == min(v["mean"] for v in adamw["by_lr"].values())
+    # the same initial weights and data for a seed: different optimizers start from the same held-out loss
+    starts = {r["curve"][0]["held_out_loss"] for r in payload["runs"] if r["seed"] == 0}
+    assert len(starts) == 1
+
+
+@pytest.mark.parametrize("name", ["llama", "hope_titans"])
+def test_gradient_accumulation_matches_the_whole_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name, TINY, 64)
+    batch = torch.randint(3, TINY.vocab_size, (4, TINY.block_size))
+    grads = []
+    for micro in (1, 2):
+        model.zero_grad()
+        loss = lm_common.accumulate_gradients(model, batch, micro, "cpu")
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gradient_accumulation"):
+        lm_common.accumulate_gradients(model, batch, 3, "cpu")
+
+
+def test_sweep_summary_skips_diverged_rates():
+    import run_optimizer_sweep
+
+    def run(lr, seed, loss):
+        return {"model": "m", "optimizer_label": "adamw", "optimizer": {"lr": lr}, "seed": seed, "final_held_out_loss": loss}
+
+    runs = [run(1e-3, 0, 4.0), run(1e-3, 1, 4.2), run(3e-3, 0, 3.9), run(3e-3, 1, 4.1), run(1e-2, 0, 3.0),
+            run(1e-2, 1, float("nan"))]
+    entry = run_optimizer_sweep.summarize(runs)["m"]["adamw"]
+    assert math.isnan(entry["by_lr"][1e-2]["mean"])  # one diverged seed: no mean, never the best
+    assert entry["best_lr"] == 3e-3 and entry["best_mean"] == pytest.approx(4.0)
+    assert entry["best_std"] == pytest.approx(0.1414, abs=1e-3) and entry["best_at_edge"] is False
