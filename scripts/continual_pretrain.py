@@ -34,6 +34,7 @@ from hope_hf.data import smollm2_gguf_path
 from hope_hf.training import train
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
 from hope_hf.training.continual import (
+    held_out_curves,
     load_model_and_tokenizer,
     perplexity,
     plot_curves,
@@ -63,16 +64,6 @@ def load_domains(args, tokenizer, max_length: int):
                                                                     args.held_out_blocks, seed=0)
         new_train = train_blocks if new_train is None else new_train
     return new_train, held_out
-
-
-def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
-    curves = {name: [[0, value]] for name, value in before.items()}
-    for record in history:
-        if "eval_perplexity" in record:
-            curves[new_domain].append([record["step"], record["eval_perplexity"]])
-            for name, value in record.get("eval_perplexity_other", {}).items():
-                curves[name].append([record["step"], value])
-    return curves
 
 
 def generation_config(tokenizer, max_new_tokens: int) -> GenerationConfig:

@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from torch.nn.utils.stateless import _reparametrize_module
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import InContextLearner, LlamaCMSForCausalLM
 from hope_hf.transformers_compat import CACHE_ARG, output_cache

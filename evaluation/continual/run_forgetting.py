@@ -47,6 +47,7 @@ from hope_hf.data import smollm2_gguf_path
 from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
 from hope_hf.training import TrainingConfig, train
 from hope_hf.training.continual import (
+    held_out_curves,
     is_llama_cms_dir,
     load_plain_llama,
     load_tokenizer,
@@ -200,17 +201,6 @@ class RecordingDataset(torch.utils.data.Dataset):
 def measure(model, held_out: dict, args) -> dict:
     batches = math.ceil(args.held_out_blocks / args.batch_size)
     return {name: perplexity(model, blocks, batches, args.batch_size) for name, blocks in held_out.items()}
-
-
-def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
-    """{domain: [[step, perplexity], ...]} from a training history, step 0 = ``before``."""
-    curves = {name: [[0, value]] for name, value in before.items()}
-    for record in history:
-        if "eval_perplexity" in record:
-            curves[new_domain].append([record["step"], record["eval_perplexity"]])
-            for name, value in record.get("eval_perplexity_other", {}).items():
-                curves[name].append([record["step"], value])
-    return curves
 
 
 def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks, held_out: dict, args, before: dict):

@@ -97,6 +97,17 @@ def perplexity(model, blocks, batches: int, batch_size: int) -> float:
     return math.exp(torch.stack(losses).mean().item())
 
 
+def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
+    """{domain: [[step, perplexity], ...]} from a training history, step 0 = ``before``."""
+    curves = {name: [[0, value]] for name, value in before.items()}
+    for record in history:
+        if "eval_perplexity" in record:
+            curves[new_domain].append([record["step"], record["eval_perplexity"]])
+            for name, value in record.get("eval_perplexity_other", {}).items():
+                curves[name].append([record["step"], value])
+    return curves
+
+
 def verdict(before: dict, after: dict, new_domain: str) -> str:
     """One line: "spanish 2.40x better; english +3%, code +5%" (old domains: perplexity change)."""
     gain = before[new_domain] / after[new_domain]
