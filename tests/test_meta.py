@@ -45,3 +45,5 @@ def test_meta_learning_step_needs_meta_gradients_and_two_segments():
         meta_learning_step(InContextLearner(model, segment_size=8), random_ids(1, 16), optimizer)
     with pytest.raises(ValueError, match="at least two segments of 8"):
         meta_learning_step(InContextLearner(model, segment_size=8, meta_gradients=True), random_ids(1, 8), optimizer)
+    with pytest.raises(ValueError, match=r"\(10 or more\), got 9"):  # a 1-token second segment has no pair
+        meta_learning_step(InContextLearner(model, segment_size=8, meta_gradients=True), random_ids(1, 9), optimizer)

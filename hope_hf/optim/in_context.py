@@ -66,7 +66,6 @@ class _BatchReading:
     losses: list[list[float]]
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     meta_gradients: dict[str, torch.Tensor] = field(default_factory=dict)
-    segments_read: int = 0
     cache: object = None
     logits: list[torch.Tensor] = field(default_factory=list)  # one (B, segment, vocab) per segment
 
@@ -79,7 +78,7 @@ class _BatchReading:
             initial_weights=pick(self.initial_weights), tokens_held=pick(self.tokens_held),
             updates=pick(self.updates), losses=[self.losses[i] for i in keep.tolist()],
             moments={name: (m[keep], v[keep]) for name, (m, v) in self.moments.items()},
-            meta_gradients=pick(self.meta_gradients), segments_read=self.segments_read,
+            meta_gradients=pick(self.meta_gradients),
             cache=select_cache_rows(self.cache, keep), logits=[t[keep] for t in self.logits],
         )
 
@@ -217,13 +216,12 @@ class InContextLearner:
         for i, (loss, n) in enumerate(zip(row_losses.tolist(), pairs.tolist())):
             if n:
                 batch.losses[i].append(loss / n)
-        batch.segments_read += 1
         for name, g in zip(fast, grads):
             if g is not None:
                 batch.held[name] += g
                 if name in batch.meta_held:
                     batch.meta_held[name] += g
-                if name in batch.meta_gradients and batch.segments_read > 1:  # of the mean loss of each row
+                if name in batch.meta_gradients and start > 0:  # after the first segment; of each row's mean loss
                     batch.meta_gradients[name] += g / _rows(pairs.clamp(min=1), g)
         for level in self.levels:
             batch.tokens_held[level.name] += pairs.to(batch.tokens_held[level.name].dtype)

@@ -23,15 +23,15 @@ def meta_learning_step(learner: InContextLearner, windows: torch.Tensor, optimiz
     loss (mean over rows of the mean loss of segments 2..n) and the first segment's loss."""
     if not learner.meta_gradients:
         raise ValueError("meta_learning_step needs InContextLearner(..., meta_gradients=True)")
-    if windows.shape[1] <= learner.segment_size:
-        raise ValueError(f"windows must span at least two segments of {learner.segment_size} tokens, got {windows.shape[1]}")
+    if windows.shape[1] < learner.segment_size + 2:  # the second segment needs a next-token pair of its own
+        raise ValueError(f"windows must span at least two segments of {learner.segment_size} tokens "
+                         f"({learner.segment_size + 2} or more), got {windows.shape[1]}")
     states = learner.read(windows)
-    params = learning_parameters(learner)
-    for name, p in params.items():
-        outer_segments = [len(s.segment_losses) - 1 for s in states]
+    outer_segments = [len(s.segment_losses) - 1 for s in states]
+    for name, p in learning_parameters(learner).items():
         p.grad = torch.stack([s.meta_gradients[name] / n for s, n in zip(states, outer_segments)]).mean(0).to(p.dtype)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    outer = [sum(s.segment_losses[1:]) / (len(s.segment_losses) - 1) for s in states]
+    outer = [sum(s.segment_losses[1:]) / n for s, n in zip(states, outer_segments)]
     return {"outer_loss": sum(outer) / len(outer),
             "first_segment_loss": sum(s.segment_losses[0] for s in states) / len(states)}
