@@ -6,10 +6,18 @@
 
 Rules name which levels learn: "new level" = only the new level (the pretrained MLP, level 0, is
 frozen: period None); "both levels" = the pretrained MLPs learn too (dynamic evaluation of the MLPs).
+
+With ``--hope DIR`` (a model saved by ``scripts/train.py``, e.g. outputs/train/final) the reader is
+that Hope model and its own CMS levels learn, at their config periods (in segments), by HOPE_RULES;
+its English document is the end of the World English Bible (Revelation), which the embedded
+training text (the Bible's first 300 KB) does not contain.
+
+    python scripts/train.py && python evaluation/continual/run_test_time_learning.py --hope outputs/train/final
 """
 
 import argparse
 import json
+import lzma
 import os
 import platform
 import sys
@@ -19,6 +27,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hope_hf import InContextLearner
 from hope_hf.data import sample_text_path, smollm2_gguf_path
@@ -36,14 +45,26 @@ RULES = [
     ("both levels: adam lr 1e-5", dict(lr=1e-5, rule="adam", max_grad_norm=1.0, periods=BOTH_LEVELS)),
     ("both levels: adam lr 3e-5", dict(lr=3e-5, rule="adam", max_grad_norm=1.0, periods=BOTH_LEVELS)),
 ]
+# a Hope model's own levels at their config periods; sgd 1e-2 is InContextLearner's default
+HOPE_RULES = [
+    ("plain reading", dict(lr=0.0)),
+    ("sgd lr 1e-2 (default)", dict(lr=1e-2, rule="sgd")),
+    ("sgd lr 1e-1", dict(lr=1e-1, rule="sgd")),
+    ("adam lr 1e-4", dict(lr=1e-4, rule="adam", max_grad_norm=1.0)),
+    ("adam lr 1e-3", dict(lr=1e-3, rule="adam", max_grad_norm=1.0)),
+    ("adam lr 3e-3", dict(lr=3e-3, rule="adam", max_grad_norm=1.0)),
+]
+FULL_ENGLISH = Path(__file__).resolve().parents[1] / "lm" / "data" / "web_en.txt.xz"  # the whole World English Bible
 # Python source of the interpreter's own standard library: fixed files, read in this order
 CODE_FILES = ["argparse.py", "textwrap.py", "difflib.py"]
 
 
-def documents(tokenizer) -> dict[str, torch.Tensor]:
-    """Held-out long documents, token ids (T,): two shipped texts and standard-library code."""
-    texts = {"Spanish": sample_text_path("rv1909_es_sample").read_text(),
-             "English": sample_text_path("web_en_sample").read_text()}
+def documents(tokenizer, english_from_full_bible: bool = False) -> dict[str, torch.Tensor]:
+    """Held-out long documents, token ids (T,): Spanish and English Bible text and standard-library code.
+    English is the shipped sample, or the end of the whole Bible for a model trained on that sample."""
+    english = (lzma.decompress(FULL_ENGLISH.read_bytes()).decode("utf-8") if english_from_full_bible
+               else sample_text_path("web_en_sample").read_text())
+    texts = {"Spanish": sample_text_path("rv1909_es_sample").read_text(), "English": english}
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts["Python code"] = "\n".join((stdlib / name).read_text() for name in CODE_FILES if (stdlib / name).exists())
     return {name: tokenizer(text, return_tensors="pt").input_ids[0] for name, text in texts.items()}
@@ -58,24 +79,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None,
                         help="a Llama-CMS directory (e.g. from scripts/meta_learn_fast_level.py); default: SmolLM2 retrofitted")
+    parser.add_argument("--hope", type=Path, default=None,
+                        help="a Hope model directory (scripts/train.py's output_dir/final): read with its own levels, HOPE_RULES")
     parser.add_argument("--tokens", type=int, default=1024, help="read the last TOKENS tokens of each document")
     parser.add_argument("--segment-size", type=int, default=128)
     parser.add_argument("--rules", nargs="+", default=None, help="labels of RULES to run (default: all); plain reading always runs")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=str(RESULTS / "test_time_learning_smollm2"))
+    parser.add_argument("--out", default=None, help="default: evaluation/results/test_time_learning_smollm2 (_hope with --hope)")
     args = parser.parse_args()
-    unknown = set(args.rules or []) - {label for label, _ in RULES}
+    if args.hope and args.model:
+        parser.error("--hope and --model name two different readers; give one")
+    all_rules = HOPE_RULES if args.hope else RULES
+    unknown = set(args.rules or []) - {label for label, _ in all_rules}
     if unknown:
-        parser.error(f"--rules: unknown {sorted(unknown)}; allowed: {[label for label, _ in RULES]}")
+        parser.error(f"--rules: unknown {sorted(unknown)}; allowed: {[label for label, _ in all_rules]}")
+    args.out = args.out or str(RESULTS / ("test_time_learning_hope" if args.hope else "test_time_learning_smollm2"))
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(args.model or smollm2_gguf_path(), new_level_size=384,
-                                                pretrained_period=1_000_000)
+    if args.hope:
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(args.hope), AutoTokenizer.from_pretrained(args.hope)
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model or smollm2_gguf_path(), new_level_size=384,
+                                                    pretrained_period=1_000_000)
     model.eval()
     runs = []
-    docs = {name: ids[-args.tokens :] for name, ids in documents(tokenizer).items()}
-    rules = [(label, options) for label, options in RULES if args.rules is None or label in args.rules or options["lr"] == 0]
+    docs = {name: ids[-args.tokens :] for name, ids in documents(tokenizer, english_from_full_bible=bool(args.hope)).items()}
+    rules = [(label, options) for label, options in all_rules if args.rules is None or label in args.rules or options["lr"] == 0]
     for label, options in tqdm(rules, desc="rules"):
         learner = InContextLearner(model, segment_size=args.segment_size, **options)
         for document, ids in docs.items():
@@ -100,7 +130,7 @@ def write(runs, args, start) -> None:
             loss / base - 1 for loss, base in zip(run["segment_losses"][:first_half], plain["segment_losses"])
         )
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "model": str(args.model or "SmolLM2-135M-Instruct + fast level 384"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "model": str(args.hope or args.model or "SmolLM2-135M-Instruct + fast level 384"),
         "tokens": args.tokens, "segment_size": args.segment_size, "duration_s": round(time.perf_counter() - start, 1),
         "load_average": os.getloadavg(), "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
         "runs": runs,
