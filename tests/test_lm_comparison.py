@@ -165,6 +165,22 @@ def test_optimizer_sweep_end_to_end(tmp_path, small_corpus):
     assert len(starts) == 1
 
 
+def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
+    import run_optimizer_sweep
+
+    output = tmp_path / "sweep.json"
+    common = ["--corpus", small_corpus, "--models", "llama", "--steps", "2", "--optimizers", "adamw", "--batch-size", "2",
+              "--output", str(output), *TINY_ARGS]
+    first = run_optimizer_sweep.main([*common, "--seeds", "0", "--lrs-adamw", "1e-3", "3e-3"])
+    second = run_optimizer_sweep.main([*common, "--resume", "--seeds", "0", "1", "--lrs-adamw", "3e-3"])
+    assert [(r["seed"], r["optimizer"]["lr"]) for r in second["runs"]] == [(0, 1e-3), (0, 3e-3), (1, 3e-3)]
+    assert second["runs"][:2] == first["runs"]  # kept, not rerun
+    assert second["command"].count(" ; ") == 1 and second["duration_s"] > first["duration_s"]
+    assert len(second["summary"]["llama"]["adamw"]["by_lr"][3e-3]["losses"]) == 2
+    with pytest.raises(SystemExit, match="shape"):
+        run_optimizer_sweep.main([*common[:-len(TINY_ARGS)], "--resume", "--seeds", "2"])
+
+
 @pytest.mark.parametrize("name", ["llama", "hope_titans"])
 def test_gradient_accumulation_matches_the_whole_batch(name):
     torch.manual_seed(0)

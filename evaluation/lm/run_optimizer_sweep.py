@@ -58,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output")
+    parser.add_argument("--resume", action="store_true",
+                        help="add to the runs in --output: runs already there (model, seed, optimizer) are skipped")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -125,8 +127,15 @@ def main(argv=None):
     sizes = matched_models(args.models, shape)
     tokenizer, train_blocks, held_out = prepare_data(args.corpus, shape.vocab_size, shape.block_size)
     specs = optimizer_grid(args)
-    runs = []
+    output = Path(args.output) if args.output else RESULTS / f"lm_optimizer_sweep_{args.corpus}.json"
+    earlier = json.loads(output.read_text()) if args.resume and output.exists() else None
+    if earlier is not None and earlier["shape"] != json.loads(json.dumps(asdict(shape))):
+        raise SystemExit(f"--resume: {output} was run with the shape {earlier['shape']}, not {asdict(shape)}")
+    runs = earlier["runs"] if earlier else []
+    done = {(run["model"], run["seed"], json.dumps(run["optimizer"], sort_keys=True)) for run in runs}
     for seed, model_name, spec in itertools.product(args.seeds, args.models, specs):
+        if (model_name, seed, json.dumps(asdict(spec), sort_keys=True)) in done:
+            continue
         settings = RunSettings(steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every,
                                eval_blocks=args.eval_blocks, final_eval_blocks=args.final_eval_blocks,
                                device=args.device, optimizer=spec)
@@ -143,11 +152,12 @@ def main(argv=None):
             print(f"{model:12} {name:14} best lr {entry['best_lr']}: {entry['best_mean']:.4f} "
                   f"(std {entry['best_std']}){' AT THE EDGE of the grid' if entry['best_at_edge'] else ''}")
 
-    output = Path(args.output) if args.output else RESULTS / f"lm_optimizer_sweep_{args.corpus}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     payload = {
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "duration_s": time.time() - started,
+        # with --resume: every invocation's command, joined by " ; ", and their summed duration
+        "command": f"{earlier['command']} ; {command}" if earlier else command,
+        "duration_s": time.time() - started + (earlier["duration_s"] if earlier else 0.0),
         "load_average_1_5_15min_at_end": os.getloadavg(),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count(), "device": args.device},
