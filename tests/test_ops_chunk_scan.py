@@ -1,11 +1,14 @@
 """The chunk path's hand-written backward (ChunkScan) and the ``row_ends`` argument, held to
 the token-by-token reference in fp64 and to torch.autograd.gradcheck."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width
+from hope_hf.ops import (chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width,
+                         use_compiled_chunks)
 from hope_hf.ops.self_referential.chunk import ChunkScan
 
 B, H, D = 3, 2, 4
@@ -108,3 +111,44 @@ def test_vmap_over_rows_matches_the_batched_call():
 
     for a, b in zip(torch.func.vmap(one_row)(u, q, s, c), (o, state, chunk)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def _outputs_and_gradients(T, chunk_size, mask):
+    torch.manual_seed(1)
+    inputs = make_inputs(T)
+    u, q, be, ba, s, c = inputs
+    out = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, 0.8, c, 0, mask)
+    loss = sum((torch.randn_like(x) * x).sum() for x in out)
+    return [x.detach() for x in out], torch.autograd.grad(loss, inputs)
+
+
+@pytest.fixture
+def compiled_chunks():
+    yield use_compiled_chunks
+    use_compiled_chunks(False)
+
+
+def test_compiled_chunks_match_eager_fp64(compiled_chunks):
+    """torch.compile (inductor) on the per-chunk functions: the same outputs and gradients, with a
+    last chunk of another length and padding."""
+    T, chunk_size, mask = 21, 8, ragged_mask(21)
+    eager = _outputs_and_gradients(T, chunk_size, mask)
+    compiled_chunks(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to eager would hide the compiled path
+        compiled = _outputs_and_gradients(T, chunk_size, mask)
+    for a, b in zip([*eager[0], *eager[1]], [*compiled[0], *compiled[1]]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_chunks_fall_back_to_eager_when_compiling_fails(compiled_chunks):
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    T, chunk_size, mask = 13, 5, ragged_mask(13)
+    eager = _outputs_and_gradients(T, chunk_size, mask)
+    compiled_chunks(True, backend=failing_backend)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        fallback = _outputs_and_gradients(T, chunk_size, mask)
+    for a, b in zip([*eager[0], *eager[1]], [*fallback[0], *fallback[1]]):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

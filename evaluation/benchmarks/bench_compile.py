@@ -1,9 +1,9 @@
 """Does ``torch.compile`` speed up the titans CPU path? Both sides in one process, interleaved.
 
-1. The self-referential op, forward + backward (B=1, H=4, d=64, chunk 64, T=1024): eager vs the
-   chunk functions of ``ChunkScan`` (``_chunk_forward``, ``_chunk_backward``) compiled by inductor.
+1. The self-referential op, forward + backward (B=1, H=4, d=64, chunk 64, T=1024): eager vs
+   ``use_compiled_chunks()`` (ChunkScan's per-chunk forward and backward compiled by inductor).
 2. One training step (forward + backward) of the tiny Hope of ``scripts/train.py`` at T=1024:
-   eager vs ``torch.compile(model)``.
+   eager vs compiled chunks vs ``torch.compile(model)``.
 Reports the compile time (the first call), the largest difference from eager, and the median
 and fastest step of each side. Writes evaluation/results/bench_compile.json.
 
@@ -25,9 +25,8 @@ from common import time_interleaved, write_results  # noqa: E402
 
 sys.path.pop(0)
 
-import hope_hf.ops.self_referential.chunk as chunk_module  # noqa: E402
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width  # noqa: E402
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width, use_compiled_chunks  # noqa: E402
 
 
 def op_inputs(T: int, heads: int = 4, head_dim: int = 64):
@@ -39,16 +38,16 @@ def op_inputs(T: int, heads: int = 4, head_dim: int = 64):
     return u, q, b_eta, b_alpha, state
 
 
-def op_step(T: int, chunk_fns) -> tuple[torch.Tensor, torch.Tensor]:
-    """fwd + bwd of the op with ``chunk_fns`` = (forward, backward) as ChunkScan's chunk functions."""
-    chunk_module._chunk_forward, chunk_module._chunk_backward = chunk_fns
+def op_step(T: int, compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    use_compiled_chunks(compiled)
     u, q, b_eta, b_alpha, state = op_inputs(T)
     o, final, _ = chunk_self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state, 64)
     (o.square().mean() + final.square().mean()).backward()
     return o.detach(), u.grad
 
 
-def model_step(model, input_ids) -> torch.Tensor:
+def model_step(model, input_ids, compiled_chunks: bool = False) -> torch.Tensor:
+    use_compiled_chunks(compiled_chunks)
     for p in model.parameters():
         p.grad = None
     loss = model(input_ids=input_ids, labels=input_ids).loss
@@ -62,9 +61,10 @@ def timed_first_call(fn):
     return out, time.perf_counter() - start
 
 
-def summary(times: dict, eager: str, compiled: str) -> dict:
-    return {"eager_over_compiled_median": times[eager]["median_s"] / times[compiled]["median_s"],
-            "eager_over_compiled_min": times[eager]["min_s"] / times[compiled]["min_s"]}
+def speedups(times: dict) -> dict:
+    """eager time / each other side's, by the medians and by the fastest steps."""
+    return {name: {"median": times["eager"]["median_s"] / t["median_s"], "fastest": times["eager"]["min_s"] / t["min_s"]}
+            for name, t in times.items() if name != "eager"}
 
 
 def main():
@@ -76,14 +76,11 @@ def main():
     torch.set_num_threads(args.threads)
     T = args.seq_len
 
-    eager_fns = (chunk_module._chunk_forward, chunk_module._chunk_backward)
-    compiled_fns = tuple(torch.compile(fn, dynamic=False) for fn in eager_fns)
-    (o_eager, du_eager) = op_step(T, eager_fns)
-    (o_comp, du_comp), op_compile_s = timed_first_call(lambda: op_step(T, compiled_fns))
+    (o_eager, du_eager) = op_step(T, False)
+    (o_comp, du_comp), op_compile_s = timed_first_call(lambda: op_step(T, True))
     print(f"op: compiled in {op_compile_s:.0f} s", flush=True)
-    op_times = time_interleaved({"eager": lambda: op_step(T, eager_fns), "compiled": lambda: op_step(T, compiled_fns)},
+    op_times = time_interleaved({"eager": lambda: op_step(T, False), "compiled_chunks": lambda: op_step(T, True)},
                                 args.repeats, desc="op")
-    chunk_module._chunk_forward, chunk_module._chunk_backward = eager_fns
 
     config = HopeConfig(vocab_size=4096, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                         cms_levels=[{"intermediate_size": 256, "update_period": 1},
@@ -93,10 +90,12 @@ def main():
     input_ids = torch.randint(0, config.vocab_size, (1, T), generator=torch.Generator().manual_seed(1))
     compiled_model = torch.compile(model)
     loss_eager = model_step(model, input_ids)
+    loss_chunks, chunks_compile_s = timed_first_call(lambda: model_step(model, input_ids, compiled_chunks=True))
     loss_comp, model_compile_s = timed_first_call(lambda: model_step(compiled_model, input_ids))
     print(f"model: compiled in {model_compile_s:.0f} s", flush=True)
     model_times = time_interleaved({"eager": lambda: model_step(model, input_ids),
-                                    "compiled": lambda: model_step(compiled_model, input_ids)},
+                                    "compiled_chunks": lambda: model_step(model, input_ids, compiled_chunks=True),
+                                    "compiled_model": lambda: model_step(compiled_model, input_ids)},
                                    args.repeats, desc="model")
 
     results = {
@@ -105,15 +104,16 @@ def main():
         "op": {"shape": "B=1, H=4, d=64, chunk 64, fwd+bwd", "compile_s": op_compile_s,
                "max_abs_diff_output": (o_comp - o_eager).abs().max().item(),
                "max_abs_diff_grad_u": (du_comp - du_eager).abs().max().item(),
-               "times": op_times, **summary(op_times, "eager", "compiled")},
-        "model": {"shape": "tiny Hope (hidden 128, 2 layers, titans), one training step", "compile_s": model_compile_s,
-                  "loss_diff": (loss_comp - loss_eager).abs().item(),
-                  "times": model_times, **summary(model_times, "eager", "compiled")},
+               "times": op_times, "speedup": speedups(op_times)},
+        "model": {"shape": "tiny Hope (hidden 128, 2 layers, titans), one training step",
+                  "compile_s": {"compiled_chunks": chunks_compile_s, "compiled_model": model_compile_s},
+                  "loss_diff": {"compiled_chunks": (loss_chunks - loss_eager).abs().item(),
+                                "compiled_model": (loss_comp - loss_eager).abs().item()},
+                  "times": model_times, "speedup": speedups(model_times)},
     }
     for part in ("op", "model"):
-        r = results[part]
-        print(f"{part}: eager/compiled {r['eager_over_compiled_median']:.2f}x (median), "
-              f"{r['eager_over_compiled_min']:.2f}x (fastest); compile {r['compile_s']:.0f} s")
+        for name, speedup in results[part]["speedup"].items():
+            print(f"{part}: {name} {speedup['median']:.2f}x eager's speed (median), {speedup['fastest']:.2f}x (fastest)")
     write_results("bench_compile", results)
 
 

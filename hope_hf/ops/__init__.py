@@ -6,6 +6,7 @@ from .self_referential import (
     naive_self_referential_gated_delta_rule,
     self_referential_gated_delta_rule,
     state_width,
+    use_compiled_chunks,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "naive_self_referential_gated_delta_rule",
     "self_referential_gated_delta_rule",
     "state_width",
+    "use_compiled_chunks",
 ]

@@ -1,4 +1,4 @@
-from .chunk import chunk_self_referential_gated_delta_rule
+from .chunk import chunk_self_referential_gated_delta_rule, use_compiled_chunks
 from .fla_bridge import fla_self_referential_gated_delta_rule
 from .naive import naive_self_referential_gated_delta_rule
 from .common import state_width
@@ -9,6 +9,7 @@ __all__ = [
     "naive_self_referential_gated_delta_rule",
     "self_referential_gated_delta_rule",
     "state_width",
+    "use_compiled_chunks",
 ]
 
 
