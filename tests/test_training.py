@@ -207,3 +207,15 @@ def test_txt_jsonl_and_parquet_give_the_same_blocks(tmp_path):
         assert (blocks[suffix][0] == tokenizer.eos_token_id).sum() >= 1  # documents are separated by EOS
     for suffix in ("jsonl", "parquet"):
         assert all(torch.equal(a, b) for a, b in zip(blocks[suffix], blocks["txt"]))
+
+
+def test_compile_chunks_trains_like_eager(tmp_path, data_and_tokenizer):
+    """--compile-chunks (torch.compile on the titans chunk functions) gives eager's losses."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile-chunks"])):
+        result = run([*SMALL_RUN, *data_and_tokenizer, "--max-steps", "3", "--output-dir", str(tmp_path / name), *extra])
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "torch.compile failed" not in result.stderr  # the compiled path ran, not the eager fallback
+        runs[name] = losses(tmp_path / name)
+    assert len(runs["eager"]) == 3
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)

@@ -23,6 +23,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--save-every", type=int, default=defaults.get("save_every", 100))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-proc", type=int, default=None, help="processes for tokenisation")
+    parser.add_argument("--compile-chunks", action="store_true",
+                        help="torch.compile the titans chunk functions: ~1.1-1.2x per step after minutes of compiling; long runs only")
     parser.add_argument("--resume-from", default=None, help="a checkpoints/step_N folder of an earlier run")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     add_hub_arguments(parser)
@@ -48,5 +50,5 @@ def training_config(args) -> TrainingConfig:
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps, mixed_precision=args.mixed_precision, optimizer=args.optimizer, m3_lr=args.m3_lr, eval_every=args.eval_every,
         eval_batches=args.eval_batches, save_every=args.save_every, seed=args.seed, resume_from=args.resume_from,
-        stop_after_steps=args.stop_after_steps,
+        stop_after_steps=args.stop_after_steps, compile_chunks=args.compile_chunks,
     )
