@@ -38,6 +38,7 @@ def test_english_document_for_a_hope_is_outside_its_training_text():
     docs = run_test_time_learning.documents(tokenizer, english_from_full_bible=True)
     english_end = tokenizer.decode(docs["English"][-200:])
     assert english_end.strip() and english_end.strip()[-60:] not in sample_text_path().read_text()
+    assert english_end.rstrip().endswith("book of life.")  # Revelation 21, before the glossary of the last line
     assert set(docs) == {"Spanish", "English", "Python code"}
 
 

@@ -9,8 +9,8 @@ frozen: period None); "both levels" = the pretrained MLPs learn too (dynamic eva
 
 With ``--hope DIR`` (a model saved by ``scripts/train.py``, e.g. outputs/train/final) the reader is
 that Hope model and its own CMS levels learn, at their config periods (in segments), by HOPE_RULES;
-its English document is the end of the World English Bible (Revelation), which the embedded
-training text (the Bible's first 300 KB) does not contain.
+its English document is Revelation 14-21 of the World English Bible, which the embedded training
+text (the Bible's first 300 KB) does not contain.
 
     python scripts/train.py && python evaluation/continual/run_test_time_learning.py --hope outputs/train/final
 """
@@ -62,8 +62,11 @@ CODE_FILES = ["argparse.py", "textwrap.py", "difflib.py"]
 def documents(tokenizer, english_from_full_bible: bool = False) -> dict[str, torch.Tensor]:
     """Held-out long documents, token ids (T,): Spanish and English Bible text and standard-library code.
     English is the shipped sample, or the end of the whole Bible for a model trained on that sample."""
-    english = (lzma.decompress(FULL_ENGLISH.read_bytes()).decode("utf-8") if english_from_full_bible
-               else sample_text_path("web_en_sample").read_text())
+    if english_from_full_bible:  # Revelation 14-21: the last chapter also carries the translation's glossary
+        chapters = [line for line in lzma.decompress(FULL_ENGLISH.read_bytes()).decode("utf-8").splitlines() if line.strip()]
+        english = "\n".join(chapters[-9:-1])
+    else:
+        english = sample_text_path("web_en_sample").read_text()
     texts = {"Spanish": sample_text_path("rv1909_es_sample").read_text(), "English": english}
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     texts["Python code"] = "\n".join((stdlib / name).read_text() for name in CODE_FILES if (stdlib / name).exists())
