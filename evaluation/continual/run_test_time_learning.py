@@ -61,7 +61,7 @@ CODE_FILES = ["argparse.py", "textwrap.py", "difflib.py"]
 
 def documents(tokenizer, english_from_full_bible: bool = False) -> dict[str, torch.Tensor]:
     """Held-out long documents, token ids (T,): Spanish and English Bible text and standard-library code.
-    English is the shipped sample, or the end of the whole Bible for a model trained on that sample."""
+    English is the shipped sample, or Revelation 14-21 of the whole Bible for a model trained on that sample."""
     if english_from_full_bible:  # Revelation 14-21: the last chapter also carries the translation's glossary
         chapters = [line for line in lzma.decompress(FULL_ENGLISH.read_bytes()).decode("utf-8").splitlines() if line.strip()]
         english = "\n".join(chapters[-9:-1])
