@@ -172,9 +172,13 @@ def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
     common = ["--corpus", small_corpus, "--models", "llama", "--steps", "2", "--optimizers", "adamw", "--batch-size", "2",
               "--output", str(output), *TINY_ARGS]
     first = run_optimizer_sweep.main([*common, "--seeds", "0", "--lrs-adamw", "1e-3", "3e-3"])
+    older = json.loads(output.read_text())  # as written before OptimizerSpec had m3_momentum_decay
+    for run in older["runs"]:
+        del run["optimizer"]["m3_momentum_decay"]
+    output.write_text(json.dumps(older))
     second = run_optimizer_sweep.main([*common, "--resume", "--seeds", "0", "1", "--lrs-adamw", "3e-3"])
     assert [(r["seed"], r["optimizer"]["lr"]) for r in second["runs"]] == [(0, 1e-3), (0, 3e-3), (1, 3e-3)]
-    assert second["runs"][:2] == first["runs"]  # kept, not rerun
+    assert second["runs"][:2] == older["runs"]  # kept, not rerun
     assert second["command"].count(" ; ") == 1 and second["duration_s"] > first["duration_s"]
     assert len(second["summary"]["llama"]["adamw"]["by_lr"][3e-3]["losses"]) == 2
     with pytest.raises(SystemExit, match="shape"):
@@ -210,3 +214,21 @@ def test_sweep_summary_skips_diverged_rates():
     assert math.isnan(entry["by_lr"][1e-2]["mean"])  # one diverged seed: no mean, never the best
     assert entry["best_lr"] == 3e-3 and entry["best_mean"] == pytest.approx(4.0)
     assert entry["best_std"] == pytest.approx(0.1414, abs=1e-3) and entry["best_at_edge"] is False
+
+
+def test_m3_momentum_decay_axis():
+    import run_optimizer_sweep
+
+    args = run_optimizer_sweep.parse_args(["--optimizers", "m3", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3",
+                                           "--m3-momentum-decay", "1.0", "0.95"])
+    specs = run_optimizer_sweep.optimizer_grid(args)
+    assert sorted(run_optimizer_sweep.label(s) for s in specs) == [
+        "m3 eps=0.001", "m3 eps=0.001 decay=0.95", "m3 eps=0.01", "m3 eps=0.01 decay=0.95"]
+    model = build_model("hope_titans", TINY, 64)
+    decayed = next(s for s in specs if s.m3_momentum_decay == 0.95)
+    (m3,) = lm_common.make_optimizers(model, decayed)
+    assert [level["decay"] for level in m3.param_groups[0]["levels"]] == [0.95, 0.95]
+    # decay 1.0 is Algorithm 1: the same levels as M3's defaults
+    (default_m3,) = lm_common.make_optimizers(model, next(s for s in specs if s.m3_momentum_decay == 1.0))
+    reference = lm_common.M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
+    assert [{**lv, "decay": lv.get("decay", 1.0)} for lv in reference.param_groups[0]["levels"]] == default_m3.param_groups[0]["levels"]

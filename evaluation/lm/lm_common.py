@@ -241,6 +241,7 @@ class OptimizerSpec:
     adamw_lr: float = 3e-3  # the AdamW part of muon / m3 (embeddings, head, 1-D, conv)
     weight_decay: float = 0.1
     m3_eps: float = 1e-2
+    m3_momentum_decay: float = 1.0  # mu of both M3 momenta; 1.0 is Algorithm 1 (momenta sum every gradient)
 
 
 def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
@@ -251,8 +252,11 @@ def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
         return [torch.optim.Muon(matrices, lr=spec.lr, weight_decay=spec.weight_decay),
                 torch.optim.AdamW(others, lr=spec.adamw_lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)]
     if spec.name == "m3":
+        levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay},  # Algorithm 1's defaults
+                  {"period": 8, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay}]
         return [M3([{"params": matrices}, {"params": others, "algorithm": "adamw"}], lr=spec.lr, eps=spec.m3_eps,
-                   weight_decay=spec.weight_decay, adamw_lr=spec.adamw_lr, adamw_weight_decay=spec.weight_decay)]
+                   levels=levels, weight_decay=spec.weight_decay, adamw_lr=spec.adamw_lr,
+                   adamw_weight_decay=spec.weight_decay)]
     raise ValueError(f"optimizer must be adamw, muon or m3, got {spec.name!r}")
 
 

@@ -45,6 +45,8 @@ def parse_args(argv=None):
     for name, lrs in DEFAULT_LRS.items():
         parser.add_argument(f"--lrs-{name}", nargs="+", type=float, default=lrs, help=f"default {lrs}")
     parser.add_argument("--m3-eps", nargs="+", type=float, default=[1e-2], help="M3's eps values to sweep")
+    parser.add_argument("--m3-momentum-decay", nargs="+", type=float, default=[1.0],
+                        help="M3's momentum decay mu values to sweep (1.0: Algorithm 1's summed momenta)")
     parser.add_argument("--adamw-lr", type=float, default=3e-3, help="lr of the AdamW part of muon and m3")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
@@ -67,15 +69,17 @@ def parse_args(argv=None):
 def optimizer_grid(args) -> list[OptimizerSpec]:
     specs = []
     for name in args.optimizers:
-        eps_values = args.m3_eps if name == "m3" else [None]
-        for lr, eps in itertools.product(getattr(args, f"lrs_{name}"), eps_values):
+        m3_axes = itertools.product(args.m3_eps, args.m3_momentum_decay) if name == "m3" else [(None, None)]
+        for lr, (eps, decay) in itertools.product(getattr(args, f"lrs_{name}"), list(m3_axes)):
             spec = OptimizerSpec(name=name, lr=lr, adamw_lr=lr if name == "adamw" else args.adamw_lr)
-            specs.append(spec if eps is None else replace(spec, m3_eps=eps))
+            specs.append(spec if eps is None else replace(spec, m3_eps=eps, m3_momentum_decay=decay))
     return specs
 
 
 def label(spec: OptimizerSpec) -> str:
-    return f"m3 eps={spec.m3_eps:g}" if spec.name == "m3" else spec.name
+    if spec.name != "m3":
+        return spec.name
+    return f"m3 eps={spec.m3_eps:g}" + ("" if spec.m3_momentum_decay == 1.0 else f" decay={spec.m3_momentum_decay:g}")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -132,7 +136,8 @@ def main(argv=None):
     if earlier is not None and earlier["shape"] != json.loads(json.dumps(asdict(shape))):
         raise SystemExit(f"--resume: {output} was run with the shape {earlier['shape']}, not {asdict(shape)}")
     runs = earlier["runs"] if earlier else []
-    done = {(run["model"], run["seed"], json.dumps(run["optimizer"], sort_keys=True)) for run in runs}
+    # an earlier run's spec through OptimizerSpec: fields added since then take their defaults
+    done = {(run["model"], run["seed"], json.dumps(asdict(OptimizerSpec(**run["optimizer"])), sort_keys=True)) for run in runs}
     for seed, model_name, spec in itertools.product(args.seeds, args.models, specs):
         if (model_name, seed, json.dumps(asdict(spec), sort_keys=True)) in done:
             continue
