@@ -215,3 +215,21 @@ def test_sweep_runs_each_seed_and_labels_runs_by_their_initial_decay(tmp_path):
     other = dict(titans, variant="titans_decay_x", overrides={"titans_decay_init_min": default / 2})
     assert sweep.run_label(other) == "titans_decay_x"
     assert sweep.run_label(dict(variant="attention", mixer="attention", overrides={}, titans_decay_init_min=None)) == "attention"
+
+
+def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
+    sweep = load_sweep()
+    common = ["--vocab-size", "32", "--widths", "16", "--head-dim", "8", "--num-layers", "1", "--steps", "2",
+              "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3",
+              "--sanity-steps", "2", "--sanity-accuracy", "0.0"]
+    main = sweep.main(common + ["--tasks", "16x2", "--variants", "attention", "--output", str(tmp_path / "main.json")])
+    side = sweep.main(common + ["--tasks", "24x3", "--variants", "titans", "--sanity-from", str(tmp_path / "main.json"),
+                                "--output", str(tmp_path / "side.json")])
+    with pytest.raises(SystemExit, match="needs --resume"):
+        sweep.main(common + ["--merge-from", str(tmp_path / "side.json"), "--output", str(tmp_path / "new.json")])
+    merged = sweep.main(common + ["--tasks", "24x3", "--variants", "titans", "--resume", "--merge-from", str(tmp_path / "side.json"),
+                                  "--output", str(tmp_path / "main.json")])
+    assert merged["runs"] == main["runs"] + side["runs"]  # the side's titans cell is not rerun
+    assert merged["command"] == main["command"] + " ; " + side["command"] + " ; " + merged["command"].split(" ; ")[-1]
+    assert merged["duration_s"] >= main["duration_s"] + side["duration_s"]
+    assert {(row["seq_len"], row["num_kv_pairs"]) for row in merged["best"]} == {(16, 2), (24, 3)}

@@ -92,6 +92,9 @@ def parse_args(argv=None):
                         help="reuse the sanity run recorded in this sweep JSON (same settings required) instead of rerunning it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep in --output: keep its sanity run and runs, skip the cells it has")
+    parser.add_argument("--merge-from", type=Path, default=None,
+                        help="with --resume: add the runs of another sweep's JSON (e.g. one run in parallel with its own "
+                             "--output), with its command and duration, before running the requested cells")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
     return parser.parse_args(argv)
@@ -189,7 +192,8 @@ def write_report(report: dict, args, started: float) -> None:
     report["duration_s"] = round(time.time() - started, 1)
     report["load_average"] = os.getloadavg()
     args.output.write_text(json.dumps(report, indent=1))
-    plot(best, args.tasks, args.plot_steps,
+    tasks = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in report["runs"]}) or args.tasks
+    plot(best, tasks, args.plot_steps,
          f"MQAR, best lr per run, <= {args.plot_steps} steps of batch {args.batch_size}; line: mean over seeds",
          args.output.with_suffix(".png"))
 
@@ -224,8 +228,17 @@ def main(argv=None):
         report["runs"] = previous["runs"]
         report["command"] = previous["command"] + " ; " + command
         started -= previous["duration_s"]
-    done = {(run_label(r), r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"], r.get("seed", 0))
-            for r in report["runs"]}
+    cell_of = lambda r: (run_label(r), r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"],  # noqa: E731
+                         r.get("seed", 0))
+    if args.merge_from is not None:
+        if previous is None:
+            raise SystemExit("--merge-from needs --resume and an existing --output to merge into")
+        other = json.loads(args.merge_from.read_text())
+        known = {cell_of(r) for r in report["runs"]}
+        report["runs"] += [r for r in other["runs"] if cell_of(r) not in known]
+        report["command"] = " ; ".join([previous["command"], other["command"], command])
+        started -= other["duration_s"]
+    done = {cell_of(r) for r in report["runs"]}
     sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
     for seed in args.seeds or [args.seed]:
         for seq_len, pairs in args.tasks:
