@@ -158,7 +158,8 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
                 continue
             widths = sorted(by_width)  # nudged apart per variant so that equal points stay visible
             nudged = [w * 1.015 ** (i - (len(variants) - 1) / 2) for w in widths]
-            line, = ax.plot(nudged, [sum(by_width[w]) / len(by_width[w]) for w in widths], marker="o", label=variant)
+            line, = ax.plot(nudged, [sum(by_width[w]) / len(by_width[w]) for w in widths], marker="o", label=variant,
+                            color=f"C{i % 10}")  # a variant keeps its colour in every panel
             for x, w in zip(nudged, widths):
                 ax.scatter([x] * len(by_width[w]), by_width[w], s=8, color=line.get_color(), alpha=0.6)
         ax.axhline(1 / pairs, color="gray", linestyle=":", linewidth=1, label="chance 1/pairs")
@@ -168,7 +169,11 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
         ax.set_xticks(widths, [str(w) for w in widths], minor=False)
         ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend = {}  # every variant of every panel, once
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
