@@ -233,3 +233,14 @@ def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
     assert merged["command"] == main["command"] + " ; " + side["command"] + " ; " + merged["command"].split(" ; ")[-1]
     assert merged["duration_s"] >= main["duration_s"] + side["duration_s"]
     assert {(row["seq_len"], row["num_kv_pairs"]) for row in merged["best"]} == {(16, 2), (24, 3)}
+
+
+def test_every_ablation_runs_in_the_sweep(tmp_path):
+    """Ablations that set a field the sweep also sets (the chunk size) override it instead of failing."""
+    sweep = load_sweep()
+    report = sweep.main(["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
+                         "--head-dim", "8", "--num-layers", "1", "--steps", "1", "--eval-every", "1", "--eval-examples", "4",
+                         "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "1",
+                         "--sanity-accuracy", "0.0", "--variants", *sweep.ABLATIONS, "--output", str(tmp_path / "ablations.json")])
+    assert [r["variant"] for r in report["runs"]] == list(sweep.ABLATIONS)
+    assert {r["variant"]: r["overrides"] for r in report["runs"]} == sweep.ABLATIONS

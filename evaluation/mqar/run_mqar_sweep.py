@@ -105,8 +105,8 @@ def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learnin
     """One training run; returns its record (settings, accuracy, eval curve, seconds)."""
     mixer, overrides = variant_spec(variant)
     task = MQARTask(vocab_size=args.vocab_size, seq_len=seq_len, num_kv_pairs=pairs)
-    fields = dict(hidden_size=width, num_layers=args.num_layers, head_dim=args.head_dim,
-                  titans_chunk_size=args.titans_chunk_size, **overrides)
+    fields = {"hidden_size": width, "num_layers": args.num_layers, "head_dim": args.head_dim,
+              "titans_chunk_size": args.titans_chunk_size, **overrides}  # an ablation may set the chunk size
     decay_init_min = None if mixer in NO_TITANS else mqar_model_config(mixer, task, **fields).titans_decay_init_min
     start = time.perf_counter()
     run = train_mqar(lambda: mqar_model(mixer, task, **fields), task, steps=steps, batch_size=args.batch_size,
