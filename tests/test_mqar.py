@@ -244,3 +244,6 @@ def test_every_ablation_runs_in_the_sweep(tmp_path):
                          "--sanity-accuracy", "0.0", "--variants", *sweep.ABLATIONS, "--output", str(tmp_path / "ablations.json")])
     assert [r["variant"] for r in report["runs"]] == list(sweep.ABLATIONS)
     assert {r["variant"]: r["overrides"] for r in report["runs"]} == sweep.ABLATIONS
+    # an ablation is its own cell, also where its value happens to be HopeConfig's default (chunk 64)
+    labels = {r["variant"]: sweep.run_label(r) for r in report["runs"]}
+    assert labels["titans_chunk_64"] == "titans_chunk_64" and labels["titans_decay_0.99"] == "titans"

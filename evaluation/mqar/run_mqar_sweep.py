@@ -126,7 +126,9 @@ def run_label(run: dict) -> str:
     mixer (titans_decay_0.99 is titans since issue 14), and a run made with an initial decay that is no
     longer the default says so (each run records the decay it was made with)."""
     overrides, decay = run["overrides"], run.get("titans_decay_init_min")
-    if overrides and all(getattr(HopeConfig, field) == value for field, value in overrides.items()):
+    # the sweep sets the chunk size itself (--titans-chunk-size), so HopeConfig's default is not its baseline
+    if overrides and "titans_chunk_size" not in overrides and all(
+            getattr(HopeConfig, field) == value for field, value in overrides.items()):
         return run["mixer"]
     if decay is None or decay == HopeConfig.titans_decay_init_min or "titans_decay_init_min" in overrides:
         return run["variant"]
