@@ -135,6 +135,12 @@ def run_label(run: dict) -> str:
     return f"{run['variant']} (decay_init_min {decay:g})"
 
 
+def cell_of(run: dict) -> tuple:
+    """What makes two runs the same cell of the sweep (a resumed sweep skips cells it has)."""
+    return (run_label(run), run["width"], run["seq_len"], run["num_kv_pairs"], run["learning_rate"], run["steps"],
+            run.get("seed", 0))
+
+
 def best_by_cell(runs: list[dict]) -> dict:
     """(label, seq_len, pairs, width, steps, seed) -> the run with the highest accuracy over learning rates."""
     best = {}
@@ -235,8 +241,6 @@ def main(argv=None):
         report["runs"] = previous["runs"]
         report["command"] = previous["command"] + " ; " + command
         started -= previous["duration_s"]
-    cell_of = lambda r: (run_label(r), r["width"], r["seq_len"], r["num_kv_pairs"], r["learning_rate"], r["steps"],  # noqa: E731
-                         r.get("seed", 0))
     if args.merge_from is not None:
         if previous is None:
             raise SystemExit("--merge-from needs --resume and an existing --output to merge into")
