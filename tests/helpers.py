@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from hope_hf import HopeConfig, HopeForCausalLM
@@ -41,3 +42,16 @@ def train_on_repeated_motif(model, optimizer, steps: int) -> list[float]:
         optimizer.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def has_cpp_compiler() -> bool:
+    """Whether inductor finds a C++ compiler, which torch.compile needs on CPU."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return bool(get_cpp_compiler())
+    except Exception:
+        return False
+
+
+requires_cpp_compiler = pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hope_hf.ops import (chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width,
                          use_compiled_chunks)
 from hope_hf.ops.self_referential.chunk import ChunkScan
+from helpers import requires_cpp_compiler
 
 B, H, D = 3, 2, 4
 
@@ -128,6 +129,7 @@ def compiled_chunks():
     use_compiled_chunks(False)
 
 
+@requires_cpp_compiler
 def test_compiled_chunks_match_eager_fp64(compiled_chunks):
     """torch.compile (inductor) on the per-chunk functions: the same outputs and gradients, with a
     last chunk of another length and padding."""

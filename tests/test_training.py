@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_bpe_tokenizer
+from helpers import requires_cpp_compiler
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -209,6 +210,7 @@ def test_txt_jsonl_and_parquet_give_the_same_blocks(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(blocks[suffix], blocks["txt"]))
 
 
+@requires_cpp_compiler
 def test_compile_chunks_trains_like_eager(tmp_path, data_and_tokenizer):
     """--compile-chunks (torch.compile on the titans chunk functions) gives eager's losses."""
     runs = {}
