@@ -2,7 +2,8 @@
 
 from .data import build_datasets, load_documents, pack_blocks
 from .hf_trainer import CMSScheduleCallback
+from .loop import cms_optimizer_step, train_steps, warmup_cosine
 from .tokenizer import train_bpe_tokenizer
 from .trainer import TrainingConfig, TrainerState, evaluate, plot_losses, train
 
-__all__ = ["CMSScheduleCallback", "train_bpe_tokenizer", "TrainingConfig", "TrainerState", "build_datasets", "evaluate", "load_documents", "pack_blocks", "plot_losses", "train"]
+__all__ = ["CMSScheduleCallback", "train_bpe_tokenizer", "TrainingConfig", "TrainerState", "build_datasets", "cms_optimizer_step", "train_steps", "warmup_cosine", "evaluate", "load_documents", "pack_blocks", "plot_losses", "train"]

@@ -22,6 +22,7 @@ from ..optim.cms_levels import is_cms_module
 from ..optim.cms_schedule import CMSSchedule
 from ..ops import use_compiled_chunks
 from ..optim.m3 import M3
+from .loop import cms_optimizer_step
 
 STATE_FILE = "trainer_state.json"
 STATE_FORMAT = "hope_hf.trainer/1"
@@ -257,13 +258,7 @@ def materialize_adam_state(optimizer) -> None:
 
 def optimizer_step(model, optimizer, schedule, accelerator, max_grad_norm) -> None:
     """CMS levels hold or release their gradients (Eq 71), then clip, step."""
-    if schedule is not None:
-        schedule.release_gradients()
-    if max_grad_norm:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    if schedule is not None:
-        schedule.after_optimizer_step()
+    cms_optimizer_step(model, [optimizer], schedule, max_grad_norm, clip_grad_norm=accelerator.clip_grad_norm_)
 
 
 def plot_losses(log_path: str | Path, png_path: str | Path) -> None:
