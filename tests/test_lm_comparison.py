@@ -1,21 +1,19 @@
-"""evaluation/lm: parameter matching, the corpora's splits, the batch order shared by every model,
-and tiny end-to-end runs of the comparison and the optimizer sweep."""
+"""evaluation/lm and the library under it: parameter matching, the corpora's splits, the batch order
+shared by every model, and tiny end-to-end runs of the comparison and the optimizer sweep."""
 
 import json
 import math
-import sys
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
-LM_DIR = Path(__file__).resolve().parents[1] / "evaluation" / "lm"
-sys.path.insert(0, str(LM_DIR))
-
-import lm_common  # noqa: E402
-from lm_common import (MODELS, ModelShape, RunSettings, batch_order, build_model, embedding_parameters,  # noqa: E402
-                       matched_models, non_embedding_parameters, python_documents, train_one)
+from evaluation.lib import corpora
+from evaluation.lib.corpora import SPLITS, batch_order, code_documents, documents
+from evaluation.lib.models import MODELS, ModelShape, build_model, matched_models
+from evaluation.lib.results import HEADER
+from evaluation.lib.training import M3, RunSettings, accumulate_gradients, make_optimizers, train_lm
+from evaluation.lm import run_lm_comparison, run_optimizer_sweep
 
 TINY = ModelShape(hidden_size=32, num_layers=2, num_heads=2, vocab_size=97, block_size=16,
                   target_non_embedding=40_000, titans_chunk_size=8)
@@ -53,33 +51,43 @@ def test_models_differ_only_where_named():
     assert type(llama).__name__ == "LlamaForCausalLM" and llama.config._attn_implementation == "sdpa"
 
 
-def test_english_split_deterministic_and_disjoint():
-    train, held_out = lm_common.english_documents()
-    train2, held_out2 = lm_common.english_documents()
-    assert train == train2 and held_out == held_out2
-    assert not set(train) & set(held_out)
-    assert 0.03 < len(held_out) / (len(train) + len(held_out)) < 0.07
+@pytest.mark.parametrize("corpus", ["english", "spanish"])
+def test_text_splits_deterministic_and_disjoint(corpus):
+    splits = {split: documents(corpus, split) for split in SPLITS}
+    assert splits == {split: documents(corpus, split) for split in SPLITS}
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert not set(splits[a]) & set(splits[b]), (a, b)
+    held_out = len(splits["validation"]) + len(splits["test"])
+    share = held_out / (held_out + len(splits["train"]))
+    assert (0.03 < share < 0.07) if corpus == "english" else (0.15 < share < 0.25)
+    assert abs(len(splits["validation"]) - len(splits["test"])) <= 1  # held-out documents alternate
+
+
+def test_unknown_corpus_and_split_are_refused_by_name():
+    with pytest.raises(ValueError, match="corpus must be one of"):
+        documents("klingon", "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        documents("english", "held_out")
 
 
 def test_python_split_by_name_and_missing_files_skipped(tmp_path, capsys):
     names = [f"module_{i}.py" for i in range(60)]
     for name in names[:-1]:  # the last one is missing
         (tmp_path / name).write_text(f"# {name}\nx = 1\n")
-    train, held_out = python_documents(tmp_path, files=names)
+    splits = {split: code_documents(split, tmp_path, files=names) for split in SPLITS}
     assert "module_59.py is missing" in capsys.readouterr().err
-    assert len(train) + len(held_out) == 59 and held_out and train
-    assert not set(train) & set(held_out)
-    expected = {f"# {n}\nx = 1\n" for n in names[:-1] if lm_common.is_held_out_file(n)}
-    assert set(held_out) == expected
-    # a file's side of the split does not depend on which other files exist
-    train_b, held_out_b = python_documents(tmp_path, files=names[::2])
-    assert set(held_out_b) == expected & {f"# {n}\nx = 1\n" for n in names[::2]}
+    assert sum(map(len, splits.values())) == 59 and all(splits.values())
+    for split in SPLITS:
+        expected = {f"# {n}\nx = 1\n" for n in names[:-1] if corpora.split_of_name(n) == split}
+        assert set(splits[split]) == expected
+        # a file's side of the split does not depend on which other files exist
+        assert set(code_documents(split, tmp_path, files=names[::2])) == expected & {f"# {n}\nx = 1\n" for n in names[::2]}
 
 
 def test_stdlib_corpus_split_is_disjoint():
-    train, held_out = python_documents()
-    assert len(train) > 100 and len(held_out) > 5
-    assert not set(train) & set(held_out)
+    train, validation, test = (documents("code", split) for split in SPLITS)
+    assert len(train) > 100 and len(validation) + len(test) > 5 and test
+    assert not set(train) & (set(validation) | set(test)) and not set(validation) & set(test)
 
 
 def test_batch_order_depends_on_the_data_seed_only():
@@ -92,8 +100,9 @@ def test_batch_order_depends_on_the_data_seed_only():
 
 
 def test_every_model_trains_on_the_same_tokens_in_the_same_order():
-    blocks = torch.randint(3, TINY.vocab_size, (12, TINY.block_size))
-    held_out = torch.randint(3, TINY.vocab_size, (2, TINY.block_size))
+    blocks = {"train": torch.randint(3, TINY.vocab_size, (12, TINY.block_size)),
+              "validation": torch.randint(3, TINY.vocab_size, (2, TINY.block_size)),
+              "test": torch.randint(3, TINY.vocab_size, (2, TINY.block_size))}
     settings = RunSettings(steps=5, batch_size=2, eval_every=100, eval_blocks=1, final_eval_blocks=1)
     seen = {}
     for seed, name in [(0, "llama"), (0, "hope_titans"), (1, "gated_deltanet")]:
@@ -103,13 +112,13 @@ def test_every_model_trains_on_the_same_tokens_in_the_same_order():
         model.register_forward_pre_hook(
             lambda module, args, kwargs, batches=batches: batches.append(kwargs.get("input_ids", args[0] if args else None).clone())
             if module.training else None, with_kwargs=True)
-        result = train_one(model, blocks, held_out, settings, progress=False)
-        assert result["steps_run"] == 5 and math.isfinite(result["final_held_out_loss"])
+        result = train_lm(model, blocks, settings, progress=False)
+        assert result["steps_run"] == 5 and math.isfinite(result["final_test_loss"])
     runs = list(seen.values())
     assert all(len(r) == 5 for r in runs)
     for other in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
-    expected = [blocks[i] for i in batch_order(12, 5, 2)]
+    expected = [blocks["train"][i] for i in batch_order(12, 5, 2)]
     assert all(torch.equal(a, b) for a, b in zip(runs[0], expected))
 
 
@@ -121,53 +130,65 @@ TINY_ARGS = ["--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--
 @pytest.fixture
 def small_corpus(tmp_path):
     """The first 80 English chapters as a .txt corpus (one document a line): a fast tokenizer."""
-    train, held_out = lm_common.english_documents()
+    text, _ = corpora.corpus_text("english")
     path = tmp_path / "small.txt"
-    path.write_text("\n".join((train + held_out)[:80]))
+    path.write_text("\n".join(corpora.text_lines(text)[:80]))
     return str(path)
 
 
-def test_comparison_end_to_end_writes_valid_json(tmp_path, small_corpus):
-    import run_lm_comparison
-
-    output = tmp_path / "cmp.json"
-    run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", "--output", str(output), *TINY_ARGS])
+def test_comparison_end_to_end_writes_valid_json(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output goes under outputs/ of the working directory
+    run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", *TINY_ARGS])
+    output = tmp_path / "outputs" / "lm_comparison_small_tiny.json"
     payload = json.loads(output.read_text())
+    assert list(payload)[: len(HEADER)] == list(HEADER)
+    assert payload["command"].startswith("python -m evaluation.lm.run_lm_comparison --corpus")
     assert output.with_suffix(".png").stat().st_size > 0
-    assert set(payload["summary"]) == set(MODELS) and len(payload["runs"]) == len(MODELS)
+    assert {row["model"] for row in payload["summary"]} == set(MODELS) and len(payload["runs"]) == len(MODELS)
     for run in payload["runs"]:
-        assert run["steps_run"] == 3 and math.isfinite(run["final_held_out_loss"])
+        assert run["steps_run"] == 3 and math.isfinite(run["final_test_loss"]) and math.isfinite(run["final_validation_loss"])
         assert [p["step"] for p in run["curve"]] == [0, 2, 3]
         # 3 steps from a uniform start: the loss is near log(vocab)
-        assert abs(run["curve"][0]["held_out_loss"] - math.log(300)) < 1.0
+        assert abs(run["curve"][0]["validation_loss"] - math.log(300)) < 1.0
     assert payload["model_configs"]["hope_titans"]["titans_decay_init_min"] == 0.99
-    assert payload["complete"] is True
-    assert payload["duration_s"] > 0 and len(payload["load_average_1_5_15min_at_end"]) == 3
+    assert payload["duration_s"] > 0 and len(payload["load_average"]) == 3
     assert payload["data"]["tokens_per_run"] == 3 * 8 * 32
+    # resuming with another seed keeps the first runs and adds one per model
+    again = run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", *TINY_ARGS, "--resume", "--seeds", "1",
+                                    "--models", "llama"])
+    assert again["runs"][: len(MODELS)] == payload["runs"] and len(again["runs"]) == len(MODELS) + 1
+    assert again["command"].count(" ; ") == 1
+
+
+def best_row(payload, model, label):
+    return next(r for r in payload["summary"]["best"] if (r["model"], r["optimizer_label"]) == (model, label))
+
+
+def by_lr(payload, model, label):
+    return {r["lr"]: r for r in payload["summary"]["by_lr"] if (r["model"], r["optimizer_label"]) == (model, label)}
 
 
 def test_optimizer_sweep_end_to_end(tmp_path, small_corpus):
-    import run_optimizer_sweep
-
     output = tmp_path / "sweep.json"
     run_optimizer_sweep.main(["--corpus", small_corpus, "--models", "hope_titans", "--steps", "2", "--seeds", "0", "1", "--lrs-adamw", "1e-3", "3e-3",
                               "--lrs-muon", "1e-2", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3", "--batch-size", "2",
                               "--output", str(output), *TINY_ARGS])
     payload = json.loads(output.read_text())
-    entries = payload["summary"]["hope_titans"]
-    assert set(entries) == {"adamw", "muon", "m3 eps=0.01", "m3 eps=0.001"}
+    labels = {r["optimizer_label"] for r in payload["summary"]["by_lr"]}
+    assert labels == {"adamw", "muon", "m3 eps=0.01", "m3 eps=0.001"}
     assert len(payload["runs"]) == 2 * (2 + 1 + 2)
-    adamw = entries["adamw"]
-    assert set(adamw["by_lr"]) == {"0.001", "0.003"}
-    assert adamw["best_mean"] == min(v["mean"] for v in adamw["by_lr"].values())
-    # the same initial weights and data for a seed: different optimizers start from the same held-out loss
-    starts = {r["curve"][0]["held_out_loss"] for r in payload["runs"] if r["seed"] == 0}
+    adamw = by_lr(payload, "hope_titans", "adamw")
+    assert set(adamw) == {0.001, 0.003}
+    # the best rate is chosen on validation; its test loss is reported beside it
+    best = best_row(payload, "hope_titans", "adamw")
+    assert best["final_validation_loss"]["mean"] == min(v["final_validation_loss"]["mean"] for v in adamw.values())
+    assert math.isfinite(best["final_test_loss"]["mean"])
+    # the same initial weights and data for a seed: different optimizers start from the same validation loss
+    starts = {r["curve"][0]["validation_loss"] for r in payload["runs"] if r["seed"] == 0}
     assert len(starts) == 1
 
 
 def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
-    import run_optimizer_sweep
-
     output = tmp_path / "sweep.json"
     common = ["--corpus", small_corpus, "--models", "llama", "--steps", "2", "--optimizers", "adamw", "--batch-size", "2",
               "--output", str(output), *TINY_ARGS]
@@ -178,9 +199,10 @@ def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
     output.write_text(json.dumps(older))
     second = run_optimizer_sweep.main([*common, "--resume", "--seeds", "0", "1", "--lrs-adamw", "3e-3"])
     assert [(r["seed"], r["optimizer"]["lr"]) for r in second["runs"]] == [(0, 1e-3), (0, 3e-3), (1, 3e-3)]
-    assert second["runs"][:2] == older["runs"]  # kept, not rerun
+    for kept, old in zip(second["runs"][:2], older["runs"]):  # kept, not rerun; the new field at its default
+        assert kept == {**old, "optimizer": {**old["optimizer"], "m3_momentum_decay": 1.0}}
     assert second["command"].count(" ; ") == 1 and second["duration_s"] > first["duration_s"]
-    assert len(second["summary"]["llama"]["adamw"]["by_lr"][3e-3]["losses"]) == 2
+    assert len(by_lr(second, "llama", "adamw")[3e-3]["final_validation_loss"]["values"]) == 2
     with pytest.raises(SystemExit, match="shape"):
         run_optimizer_sweep.main([*common[:-len(TINY_ARGS)], "--resume", "--seeds", "2"])
 
@@ -193,42 +215,42 @@ def test_gradient_accumulation_matches_the_whole_batch(name):
     grads = []
     for micro in (1, 2):
         model.zero_grad()
-        loss = lm_common.accumulate_gradients(model, batch, micro, "cpu")
+        loss = accumulate_gradients(model, batch, micro, "cpu")
         grads.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="gradient_accumulation"):
-        lm_common.accumulate_gradients(model, batch, 3, "cpu")
+        accumulate_gradients(model, batch, 3, "cpu")
 
 
 def test_sweep_summary_skips_diverged_rates():
-    import run_optimizer_sweep
-
     def run(lr, seed, loss):
-        return {"model": "m", "optimizer_label": "adamw", "optimizer": {"lr": lr}, "seed": seed, "final_held_out_loss": loss}
+        return {"model": "m", "optimizer_label": "adamw", "optimizer": {"lr": lr}, "seed": seed,
+                "final_validation_loss": loss, "final_test_loss": loss + 0.5}
 
     runs = [run(1e-3, 0, 4.0), run(1e-3, 1, 4.2), run(3e-3, 0, 3.9), run(3e-3, 1, 4.1), run(1e-2, 0, 3.0),
             run(1e-2, 1, float("nan"))]
-    entry = run_optimizer_sweep.summarize(runs)["m"]["adamw"]
-    assert math.isnan(entry["by_lr"][1e-2]["mean"])  # one diverged seed: no mean, never the best
-    assert entry["best_lr"] == 3e-3 and entry["best_mean"] == pytest.approx(4.0)
-    assert entry["best_std"] == pytest.approx(0.1414, abs=1e-3) and entry["best_at_edge"] is False
+    summary = run_optimizer_sweep.summary_of(runs)
+    rows = {r["lr"]: r for r in summary["by_lr"]}
+    assert math.isnan(rows[1e-2]["final_validation_loss"]["mean"])  # one diverged seed: no mean, never the best
+    (best,) = summary["best"]
+    assert best["lr"] == 3e-3 and best["final_validation_loss"]["mean"] == pytest.approx(4.0)
+    assert best["final_test_loss"]["mean"] == pytest.approx(4.5)
+    assert best["final_validation_loss"]["std"] == pytest.approx(0.1414, abs=1e-3) and best["at_edge"] is False
 
 
 def test_m3_momentum_decay_axis():
-    import run_optimizer_sweep
-
     args = run_optimizer_sweep.parse_args(["--optimizers", "m3", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3",
                                            "--m3-momentum-decay", "1.0", "0.95"])
     specs = run_optimizer_sweep.optimizer_grid(args)
-    assert sorted(run_optimizer_sweep.label(s) for s in specs) == [
+    assert sorted(run_optimizer_sweep.label(asdict(s)) for s in specs) == [
         "m3 eps=0.001", "m3 eps=0.001 decay=0.95", "m3 eps=0.01", "m3 eps=0.01 decay=0.95"]
     model = build_model("hope_titans", TINY, 64)
     decayed = next(s for s in specs if s.m3_momentum_decay == 0.95)
-    (m3,) = lm_common.make_optimizers(model, decayed)
+    (m3,) = make_optimizers(model, decayed)
     assert [level["decay"] for level in m3.param_groups[0]["levels"]] == [0.95, 0.95]
     # decay 1.0 is Algorithm 1: the same levels as M3's defaults
-    (default_m3,) = lm_common.make_optimizers(model, next(s for s in specs if s.m3_momentum_decay == 1.0))
-    reference = lm_common.M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
+    (default_m3,) = make_optimizers(model, next(s for s in specs if s.m3_momentum_decay == 1.0))
+    reference = M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
     assert [{**lv, "decay": lv.get("decay", 1.0)} for lv in reference.param_groups[0]["levels"]] == default_m3.param_groups[0]["levels"]

@@ -1,7 +1,7 @@
 """The experiments' language models: Llama, a Gated DeltaNet stack, Hope (titans, hybrid,
 attention), each built at a shape and an MLP width, and matched in non-embedding parameters."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -104,3 +104,18 @@ def model_config(name: str, shape: ModelShape, mlp_size: int) -> dict:
     with torch.device("meta"):
         config = build_model(name, shape, mlp_size).config.to_dict()
     return {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
+
+
+SHAPE_FIELDS = ("hidden_size", "num_layers", "num_heads", "vocab_size", "block_size", "target_non_embedding",
+                "titans_chunk_size")
+
+
+def add_shape_arguments(parser) -> None:
+    for name in SHAPE_FIELDS:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, help="override the model shape's " + name)
+
+
+def shape_from_args(args, shape: ModelShape | None = None) -> ModelShape:
+    """``shape`` (default: ModelShape()) with the fields given on the command line."""
+    shape = shape or ModelShape()
+    return replace(shape, **{k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None})

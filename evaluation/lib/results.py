@@ -98,7 +98,8 @@ class ResultsFile:
             mismatch = {k: (earlier["settings"].get(k), v) for k, v in self.settings.items()
                         if k not in varying and k not in ("resume", "output") and earlier["settings"].get(k) != v}
             if mismatch:
-                raise SystemExit(f"--resume: {self.path} was made with other settings (earlier, now): {mismatch}")
+                raise SystemExit(f"--resume: {self.path} was made with other settings than asked now (model shape, data, "
+                                 f"schedule); earlier and now: {mismatch}")
             self.command = f"{earlier['command']} ; {command}"
             self.earlier_duration = earlier["duration_s"]
             self.fields = {k: v for k, v in earlier.items() if k not in (*HEADER, "runs")}
@@ -114,13 +115,17 @@ class ResultsFile:
         self.runs.append(jsonable(run))
         self.save()
 
+    def payload(self) -> dict:
+        """What the file holds: the header, the runner's fields, the runs."""
+        return {"command": self.command, "versions": versions(), "machine": machine(self.device),
+                "load_average": list(os.getloadavg()),
+                "duration_s": self.earlier_duration + time.time() - self.started,
+                "settings": self.settings, **self.fields, "runs": self.runs}
+
     def save(self, **fields) -> Path:
         """Write the header, the runner's ``fields`` (kept from earlier calls) and the runs."""
         self.fields.update(jsonable(fields))
-        payload = {"command": self.command, "versions": versions(), "machine": machine(self.device),
-                   "load_average": list(os.getloadavg()),
-                   "duration_s": round(self.earlier_duration + time.time() - self.started, 1),
-                   "settings": self.settings, **self.fields, "runs": self.runs}
+        payload = self.payload()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".json.partial")
         partial.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
