@@ -1,6 +1,6 @@
 """Hope: self-referential Titans memory + Continuum Memory System (Nested Learning, section 8).
 
-One block (DESIGN.md):
+One block (docs/design.md, "The block"):
     h = x + Mixer(RMSNorm(x))      Mixer = HopeTitansMixer ("titans") | LlamaAttention ("attention")
     y = h + CMS(RMSNorm(h))        CMS   = ContinuumMemorySystem (Eq 70-74)
 """
