@@ -140,7 +140,10 @@ class HopeConfig(PreTrainedConfig):
             self.cms_levels = [{"intermediate_size": self.intermediate_size, "update_period": 1}]
         if isinstance(self.mixer, (list, tuple)):
             self.mixer = list(self.mixer)
-        self.validate_hope_fields()
+        # Checked here, before the derived fields and transformers' own __post_init__ use the values,
+        # so a bad value raises a plain ValueError. The method's name does not start with
+        # "validate_", so @strict does not run it a second time as a class validator.
+        self._check_hope_fields()
         # layer_types is derived (transformers' caches and masks read it), never set by hand.
         self.layer_types = [self._layer_type(m) for m in self.mixers]
         super().__post_init__(**kwargs)
@@ -157,8 +160,9 @@ class HopeConfig(PreTrainedConfig):
             return "linear_attention"
         return "full_attention" if self.sliding_window is None else "sliding_attention"
 
-    def validate_hope_fields(self):
-        """Called at construction; every error is a ValueError that names the field."""
+    def _check_hope_fields(self):
+        """Run once at construction (from ``__post_init__``); every error is a ValueError that names
+        the field."""
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "titans_chunk_size",
                       "titans_conv_size", "max_position_embeddings"):
             value = getattr(self, field)
