@@ -74,9 +74,9 @@ class HopeConfig(PreTrainedConfig):
             None uses `initializer_range`; near 0, k = v = u at start and the first writes are ~0.
         titans_decay_init_min, titans_decay_init_max (`float`):
             Decays alpha = sigmoid(b_alpha) at initialisation, spread linearly over the heads
-            from min to max (short to long memory), both in (0, 1). The default min 0.99 lets the
-            titans mixer learn MQAR recall (3 seeds >= 0.96); with 0.9, a head keeps 0.9^16 ~ 0.19
-            of a write 16 tokens back and titans stayed at chance (docs/mqar.md).
+            from min to max (short to long memory), both in (0, 1). A head keeps alpha^n of a
+            write n tokens back, so a low min forgets within a few tokens; docs/mqar.md shows
+            how the default min 0.99 was chosen.
         titans_eta_init (`float`):
             Learning rate at initialisation as a fraction of `titans_eta_max` (sets b_eta), in (0, 1).
         cms_levels (`list[dict]`, *optional*):
