@@ -1,4 +1,4 @@
-"""Meta-learn the initial state of the CMS level that learns while reading (issue 19).
+"""Meta-learn the initial state of the CMS level that learns while reading.
 
 SmolLM2-135M-Instruct retrofitted as the main job does (one new fast level of 384, output starting
 at zero), or any Llama-CMS / Hope checkpoint (--model). Each outer step reads a batch of windows

@@ -1,7 +1,7 @@
 """Quick start: build a tiny Hope, train it a few steps on the embedded English text, save it,
 reload it through AutoModelForCausalLM and generate.
 
-    python scripts/quickstart.py                  # defaults: a 2-layer hybrid, 200 steps, under a minute on CPU
+    python scripts/quickstart.py                  # defaults: a 2-layer hybrid, 200 steps
     python scripts/quickstart.py --steps 200 --mixer titans
 """
 

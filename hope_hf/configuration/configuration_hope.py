@@ -74,9 +74,9 @@ class HopeConfig(PreTrainedConfig):
             None uses `initializer_range`; near 0, k = v = u at start and the first writes are ~0.
         titans_decay_init_min, titans_decay_init_max (`float`):
             Decays alpha = sigmoid(b_alpha) at initialisation, spread linearly over the heads
-            from min to max (short to long memory), both in (0, 1). The default min 0.99 lets the
-            titans mixer learn MQAR recall (3 seeds >= 0.96); with 0.9, a head keeps 0.9^16 ~ 0.19
-            of a write 16 tokens back and titans stayed at chance (docs/mqar.md).
+            from min to max (short to long memory), both in (0, 1). A head keeps alpha^n of a
+            write n tokens back, so a low min forgets within a few tokens; docs/mqar.md shows
+            how the default min 0.99 was chosen.
         titans_eta_init (`float`):
             Learning rate at initialisation as a fraction of `titans_eta_max` (sets b_eta), in (0, 1).
         cms_levels (`list[dict]`, *optional*):
@@ -140,7 +140,10 @@ class HopeConfig(PreTrainedConfig):
             self.cms_levels = [{"intermediate_size": self.intermediate_size, "update_period": 1}]
         if isinstance(self.mixer, (list, tuple)):
             self.mixer = list(self.mixer)
-        self.validate_hope_fields()
+        # Checked here, before the derived fields and transformers' own __post_init__ use the values,
+        # so a bad value raises a plain ValueError. The method's name does not start with
+        # "validate_", so @strict does not run it a second time as a class validator.
+        self._check_hope_fields()
         # layer_types is derived (transformers' caches and masks read it), never set by hand.
         self.layer_types = [self._layer_type(m) for m in self.mixers]
         super().__post_init__(**kwargs)
@@ -157,8 +160,9 @@ class HopeConfig(PreTrainedConfig):
             return "linear_attention"
         return "full_attention" if self.sliding_window is None else "sliding_attention"
 
-    def validate_hope_fields(self):
-        """Called at construction; every error is a ValueError that names the field."""
+    def _check_hope_fields(self):
+        """Run once at construction (from ``__post_init__``); every error is a ValueError that names
+        the field."""
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "titans_chunk_size",
                       "titans_conv_size", "max_position_embeddings"):
             value = getattr(self, field)

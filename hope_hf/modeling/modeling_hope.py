@@ -1,6 +1,6 @@
 """Hope: self-referential Titans memory + Continuum Memory System (Nested Learning, section 8).
 
-One block (DESIGN.md):
+One block (docs/design.md, "The block"):
     h = x + Mixer(RMSNorm(x))      Mixer = HopeTitansMixer ("titans") | LlamaAttention ("attention")
     y = h + CMS(RMSNorm(h))        CMS   = ContinuumMemorySystem (Eq 70-74)
 """
@@ -173,7 +173,7 @@ class HopeTitansMixer(nn.Module):
         """Normalise u, q and run the memory op. mixed: (B, T, 2*H*d) after the conv."""
         B, T, _ = mixed.shape
         u, q = mixed.view(B, T, 2, self.num_heads, self.head_dim).unbind(2)
-        # in fp32 at least: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gave NaN
+        # in fp32 at least: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gives NaN
         norm_dtype = torch.promote_types(mixed.dtype, torch.float32)
         u, q = (F.normalize(t.to(norm_dtype), dim=-1).to(t.dtype) for t in (u, q))
         return self_referential_gated_delta_rule(

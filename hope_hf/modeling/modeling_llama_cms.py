@@ -1,7 +1,7 @@
 """Llama + CMS: the installed transformers Llama with each layer's MLP turned into a Continuum
 Memory System whose level 0 IS the pretrained MLP (same gate_proj / up_proj / down_proj names,
 so a Llama state dict loads key-for-key) and whose new levels start with zero down projections:
-at initialisation the model computes exactly what the Llama computed (DESIGN.md, "Llama + CMS").
+at initialisation the model computes exactly what the Llama computed (docs/design.md, "Llama + CMS").
 """
 
 import json

@@ -1,4 +1,4 @@
-"""M3: Multi-scale Momentum Muon (Nested Learning, Algorithm 1; k-level form of seed 004).
+"""M3: Multi-scale Momentum Muon (Nested Learning, Algorithm 1, generalised to k levels).
 
 For every matrix parameter, k momentum levels; level l has a period f_l (steps), an input rate
 beta_l, a decay mu_l and a weight w_l. Between its pulses a level sums the gradients; at a pulse
@@ -71,7 +71,7 @@ class M3(torch.optim.Optimizer):
             betas: (beta_1, beta_2, beta_3) of Algorithm 1; beta_2 feeds the variance V.
             eps: bounds the per-element step to lr * |O| / eps. The orthogonalised update is
                 dense while V is ~0 wherever gradients are (e.g. dead ReLUs), so Algorithm 1 with
-                Adam's eps=1e-8 diverges (measured on digits: loss 3e12); 1e-2 trains.
+                Adam's eps=1e-8 can diverge (docs/training.md, "M3 optimizer").
         """
         _check("lr", lr, 0.0)
         _check("eps", eps, 0.0, low_open=True)

@@ -24,7 +24,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-proc", type=int, default=None, help="processes for tokenisation")
     parser.add_argument("--compile-chunks", action="store_true",
-                        help="torch.compile the titans chunk functions: ~1.1-1.2x per step after minutes of compiling; long runs only")
+                        help="torch.compile the titans chunk functions; pays off in long runs only (docs/kernels.md)")
     parser.add_argument("--resume-from", default=None, help="a checkpoints/step_N folder of an earlier run")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     add_hub_arguments(parser)

@@ -50,7 +50,7 @@ class TrainingConfig:
     seed: int = 0
     resume_from: str | None = None
     stop_after_steps: int | None = None  # stop early (as if preempted), for resume tests
-    compile_chunks: bool = False  # hope_hf.ops.use_compiled_chunks for this process: ~1.1-1.2x after minutes of compiling
+    compile_chunks: bool = False  # hope_hf.ops.use_compiled_chunks for this process; long runs only (docs/kernels.md)
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batches", "log_every"):

@@ -25,7 +25,7 @@ def self_referential_gated_delta_rule(
     u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
     chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False, row_ends=None,
 ):
-    """Self-referential gated delta rule (DESIGN.md; Eq 83-93 of Nested Learning).
+    """Self-referential gated delta rule (Eq 83-93 of Nested Learning; docs/design.md, "The op's contract").
 
     Args:
         u, q: (B, T, H, d) memory input and query, each l2-normalised per head.

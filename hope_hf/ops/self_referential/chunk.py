@@ -8,9 +8,9 @@ is solved in parallel with the UT transform of DeltaNet / Gated DeltaNet:
 with gamma_t the running product of alpha inside the chunk.
 
 ``ChunkScan`` is one ``torch.autograd.Function`` for the whole sequence: the forward runs every
-chunk with all heads and rows in one call per product (~30 ops a chunk, no autograd graph) and
-keeps what it computed; the hand-written backward walks the chunks in reverse and reuses it
-(~60 ops a chunk, where autograd's graph of the same math issued ~600).
+chunk with all heads and rows in one call per product (no autograd graph) and keeps what it
+computed; the hand-written backward walks the chunks in reverse and reuses it
+(docs/kernels.md).
 ``delta_rule_chunk`` is the same chunk math written for autograd: the path under torch.func
 transforms (vmap, grad), which cannot trace a Function without ``setup_context``.
 ``use_compiled_chunks()`` runs the per-chunk forward and backward through ``torch.compile``.
@@ -222,10 +222,9 @@ _active_compiled: tuple | None = None  # what ChunkScan calls now; None: eager
 def use_compiled_chunks(enabled: bool = True, backend="inductor") -> None:
     """Run ``ChunkScan``'s per-chunk forward and backward through ``torch.compile`` (off by default).
 
-    Measured on one CPU thread (evaluation/results/bench_compile.json): about 1.2x on the op's
-    forward + backward and 1.1-1.2x on a tiny Hope's training step, after a one-off compile of one
-    to a few minutes, so it pays off in long runs only. Where compiling fails (e.g. no C++
-    compiler for inductor) the chunks run eagerly from then on, after one warning.
+    It pays off in long runs only: the gain per step is modest and the one-off compile is long
+    (docs/kernels.md has the measurements). Where compiling fails (e.g. no C++ compiler for
+    inductor) the chunks run eagerly from then on, after one warning.
     """
     global _active_compiled
     if not enabled:

@@ -1,11 +1,12 @@
-"""Shared math of the self-referential gated delta rule (DESIGN.md, Eq 83-93).
+"""Shared math of the self-referential gated delta rule (Eq 83-93; docs/design.md,
+"Self-referential Titans memory").
 
 Every path (token-by-token reference, chunked torch, fla bridge) builds the per-token
 quantities with these two functions, so they differ only in how the recurrence is evaluated.
 
 State layout, per head (fla's key x value orientation): ``S`` has shape ``(d, 3d + 2)``, the
-transpose of the stacked memories ``[W_k; W_v; W_mem; w_eta; w_alpha]`` of DESIGN.md. A memory
-reads ``z -> z + z @ S[:, block]`` (square maps, deviation from identity) or ``z @ S[:, col]``
+stacked memories ``[W_k, W_v, W_mem, w_eta, w_alpha]`` as column blocks (the paper's
+column-vector maps are their transposes). A memory reads ``z -> z + z @ S[:, block]`` (square maps, deviation from identity) or ``z @ S[:, col]``
 (the scalar maps for eta and alpha).
 """
 

@@ -1,9 +1,9 @@
 """GPU path: each chunk of the self-referential rule is one call of flash-linear-attention's
 ``chunk_gated_delta_rule`` (S_t = a_t (I - b_t k k^T) S_{t-1} + b_t k v^T, o_t = S_t^T q_t).
 
-Mapping (DESIGN.md): g = log(alpha), beta = eta / alpha, v' = alpha * w, scale = 1. fla's
-Triton kernels need a GPU; on CPU the mapping is tested by passing fla's torch reference as
-``gated_delta_rule_fn``.
+Mapping (docs/design.md, "The op's contract"): g = log(alpha), beta = eta / alpha,
+v' = alpha * w, scale = 1. fla's Triton kernels need a GPU; on CPU the mapping is tested by
+passing fla's torch reference as ``gated_delta_rule_fn``.
 """
 
 import torch

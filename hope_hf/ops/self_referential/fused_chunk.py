@@ -83,7 +83,7 @@ def _add(base, row0, col0, value, R: tl.constexpr, C: tl.constexpr, width: tl.co
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
     """a @ b on fp32 (fp64) operands: PREC "ieee" exact, "tf32" on tensor cores (bf16 inputs).
-    (bf16 operands would halve shared memory, but cost 2% ratio error in the gradients.)"""
+    (bf16 operands would halve shared memory, but cost accuracy in the gradients: docs/kernels.md.)"""
     return tl.dot(a, b, input_precision=PREC)
 
 
@@ -414,9 +414,8 @@ def _operand_precision(dtype: torch.dtype) -> str:
 
 def fused_kernel_supports(head_dim: int, chunk_size: int) -> bool:
     """Shapes the fused kernels take: head dims 16, 32, 64 and chunk sizes 16, 32, 64. At d=128
-    the backward's d x L register tiles are too large: 352 KiB of shared memory with chunk 64
-    (the limit is 227 KiB on sm_90), and ptxas ran out of memory with chunk 32
-    (kernel_resources.py); the op sends d=128 to the fla bridge."""
+    the backward's d x L register tiles do not fit a GPU's shared memory (docs/kernels.md); the
+    op sends d=128 to the fla bridge."""
     return head_dim in (16, 32, 64) and chunk_size in (16, 32, 64)
 
 

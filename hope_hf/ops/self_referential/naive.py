@@ -1,6 +1,7 @@
 """Token-by-token reference of the self-referential gated delta rule. Written for reading.
 
-For each token t (DESIGN.md, Eq 90 and 93), with S_c the state at the start of t's chunk:
+For each token t (Eq 90 and 93; docs/design.md, "Self-referential Titans memory"), with S_c the
+state at the start of t's chunk:
     k, v, eta, alpha = projections of u_t by the memories in S_c
     w_t = M(v_t) - [square ? k_t : 0]               (self-generated targets, from S_c)
     S_t = (alpha_t I - eta_t k_t k_t^T) S_{t-1} + eta_t k_t w_t^T
