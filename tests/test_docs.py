@@ -64,3 +64,18 @@ def test_relative_markdown_links_resolve():
             if not (page.parent / target.split("#")[0]).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, broken
+
+
+def test_every_experiment_is_in_the_experiments_table():
+    """docs/experiments.md names every committed result file and only runner modules that exist."""
+    import importlib.util
+
+    table = (DOCS / "experiments.md").read_text()
+    results = DOCS.parent / "evaluation" / "results"
+    missing = sorted({p.stem for p in results.iterdir() if p.suffix in (".json", ".png", ".jsonl")}
+                     - set(re.findall(r"`([\w.-]+)`", table)))
+    assert not missing, f"result files not in docs/experiments.md: {missing}"
+    modules = set(re.findall(r"python -m (evaluation(?:\.\w+)+)", table))
+    assert len(modules) >= 10
+    for module in sorted(modules):
+        assert importlib.util.find_spec(module) is not None, module
