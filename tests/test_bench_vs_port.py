@@ -1,20 +1,20 @@
-"""evaluation/benchmarks/bench_vs_port.py without the port: it skips cleanly, and its hope_hf side
-reads a pilot config the way the port's Hydra defaults compose it and builds the matched shape."""
+"""evaluation.benchmarks.bench_vs_port without the port: it skips cleanly (writing nothing), and
+its hope_hf side reads a pilot config the way the port's Hydra defaults compose it and builds the
+matched shape."""
 
-import importlib.util
+import argparse
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "evaluation" / "benchmarks" / "bench_vs_port.py"
+from evaluation.lib import results as results_lib
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_port", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from evaluation.benchmarks import bench_vs_port
+
+    return bench_vs_port
 
 
 PILOT = """
@@ -52,12 +52,18 @@ def fake_port_configs(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("port_args", [[], ["--port-path", "{tmp}"]], ids=["no-path", "path-without-port"])
-def test_skips_without_the_port(bench, tmp_path, capsys, port_args):
+def test_skips_without_the_port(bench, tmp_path, capsys, port_args, monkeypatch):
     fake_port_configs(tmp_path)  # configs alone are not the port: its model code is missing
-    args = [a.format(tmp=tmp_path) for a in port_args] + ["--results-dir", str(tmp_path / "results")]
+    monkeypatch.chdir(tmp_path)
+    committed = results_lib.COMMITTED / "bench_vs_port.json"
+    before = committed.read_bytes() if committed.exists() else None
+    args = [a.format(tmp=tmp_path) for a in port_args] + ["--output", str(tmp_path / "results" / "bench_vs_port.json")]
     assert bench.main(args) is None
     assert "skipped" in capsys.readouterr().out
     assert not (tmp_path / "results").exists()
+    assert bench.main([a.format(tmp=tmp_path) for a in port_args]) is None  # the default path: outputs/
+    assert not (tmp_path / "outputs").exists()
+    assert (committed.read_bytes() if committed.exists() else None) == before
 
 
 def test_variant_keys_override_the_pilot(bench, tmp_path):
@@ -72,7 +78,7 @@ def test_hope_side_has_the_ports_shape(bench, tmp_path):
     from hope_hf import HopeForCausalLM
 
     config = bench.read_port_config(fake_port_configs(tmp_path), "pilot_selfmod")
-    args = bench.argparse.Namespace(pilot_size=False, dim=32, layers=2, heads=4, vocab_size=64)
+    args = argparse.Namespace(pilot_size=False, dim=32, layers=2, heads=4, vocab_size=64)
     section = bench.resize(config["model"], args)
     model = HopeForCausalLM(bench.hope_config_like(section, "titans", max_len=128))
     c = model.config
@@ -84,7 +90,7 @@ def test_hope_side_has_the_ports_shape(bench, tmp_path):
     level_weights = sum(p.numel() for p in level.parameters())
     assert abs(level_weights - 2 * 32 * 4 * 32) / (2 * 32 * 4 * 32) < 0.01
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    full = bench.resize(config["model"], bench.argparse.Namespace(pilot_size=True))
+    full = bench.resize(config["model"], argparse.Namespace(pilot_size=True))
     assert (full["dim"], full["num_layers"], full["heads"], full["vocab_size"]) == (512, 12, 8, 32000)
 
 

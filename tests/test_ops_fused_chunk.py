@@ -149,20 +149,25 @@ def test_cuda_dispatch_picks_the_fused_kernel_where_it_fits():
 
 
 @needs_kernels
-def test_kernel_benchmark_runs(tmp_path):
-    """evaluation/benchmarks/kernels.py is left ready for a GPU: its --smoke mode runs every side."""
+def test_kernel_benchmark_runs(tmp_path, monkeypatch):
+    """evaluation.benchmarks.bench_kernels is left ready for a GPU: its --smoke mode runs every side,
+    and writes its results file (the fixed header) under outputs/, not evaluation/results/."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).parents[1] / "evaluation" / "benchmarks" / "kernels.py"
-    cmd = [sys.executable, str(script), "--smoke", "--results-dir", str(tmp_path)]
+    from evaluation.benchmarks import bench_kernels
+    from evaluation.lib.results import COMMITTED, HEADER
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--smoke"]
     if CUDA:
-        cmd = [sys.executable, str(script), "--seq-lens", "256", "--head-dims", "32", "--heads", "2", "--repeats", "1",
-               "--results-dir", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-    result = json.loads(next(tmp_path.glob("kernels*.json")).read_text())["results"][0]
+        argv = ["--seq-lens", "256", "--head-dims", "32", "--heads", "2", "--repeats", "1"]
+    bench_kernels.main(argv)
+    written = next((tmp_path / "outputs").glob("bench_kernels*.json"))
+    payload = json.loads(written.read_text())
+    assert list(payload)[: len(HEADER)] == list(HEADER)
+    assert payload["command"].startswith("python -m evaluation.benchmarks.bench_kernels")
+    assert not (COMMITTED / written.name).exists()
+    result = payload["results"][0]
     assert set(result["methods"]) == {"fused", "fla_chunks", "fla_static", "sdpa"}
     assert all(row["fwd_bwd_ms"] > 0 for row in result["methods"].values())
 
@@ -175,12 +180,17 @@ def test_kernels_compile_for_hopper(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "evaluation" / "benchmarks" / "kernel_resources.py"
+    from evaluation.lib.results import HEADER
+
+    root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    subprocess.run([sys.executable, str(script), "--head-dims", "32", "--chunk-sizes", "16", "--precisions", "tf32", "ieee",
-                    "--results-dir", str(tmp_path)],
-                   check=True, capture_output=True, text=True, env=env, timeout=900)
-    kernels = json.loads((tmp_path / "kernel_resources.json").read_text())["kernels"]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-m", "evaluation.benchmarks.kernel_resources", "--head-dims", "32",
+                    "--chunk-sizes", "16", "--precisions", "tf32", "ieee"],
+                   check=True, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    payload = json.loads((tmp_path / "outputs" / "kernel_resources.json").read_text())
+    assert list(payload)[: len(HEADER)] == list(HEADER)
+    kernels = payload["kernels"]
     assert {(k["kernel"], k["operands"]) for k in kernels} == {(kernel, operands) for kernel in ("forward", "backward")
                                                                 for operands in ("tf32", "ieee")}
     assert all(k["fits"] and k["ptx_lines"] > 0 for k in kernels), kernels

@@ -5,28 +5,19 @@
 2. One training step (forward + backward) of the tiny Hope of ``scripts/train.py`` at T=1024:
    eager vs compiled chunks vs ``torch.compile(model)``.
 Reports the compile time (the first call), the largest difference from eager, and the median
-and fastest step of each side. Writes evaluation/results/bench_compile.json.
+and fastest step of each side. Writes outputs/bench_compile.json (--commit-results:
+evaluation/results/).
 
-    python evaluation/benchmarks/bench_compile.py          # ~10 minutes on 2 CPU cores, mostly compiling
+    python -m evaluation.benchmarks.bench_compile          # ~10 minutes on 2 CPU cores, mostly compiling
 """
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # see bench_titans_paths.py
+import torch
 
-import torch  # noqa: E402
-
-sys.path.insert(0, str(HERE))
-from common import time_interleaved, write_results  # noqa: E402
-
-sys.path.pop(0)
-
-from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width, use_compiled_chunks  # noqa: E402
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width, use_compiled_chunks
 
 
 def op_inputs(T: int, heads: int = 4, head_dim: int = 64):
@@ -67,13 +58,10 @@ def speedups(times: dict) -> dict:
             for name, t in times.items() if name != "eager"}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_compile", threads=1, repeats=7)
     parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = start(parser, argv, seed=None)
     T = args.seq_len
 
     (o_eager, du_eager) = op_step(T, False)
@@ -99,7 +87,6 @@ def main():
                                    args.repeats, desc="model")
 
     results = {
-        "command": " ".join(["python", *sys.argv]),
         "seq_len": T,
         "op": {"shape": "B=1, H=4, d=64, chunk 64, fwd+bwd", "compile_s": op_compile_s,
                "max_abs_diff_output": (o_comp - o_eager).abs().max().item(),
@@ -114,7 +101,7 @@ def main():
     for part in ("op", "model"):
         for name, speedup in results[part]["speedup"].items():
             print(f"{part}: {name} {speedup['median']:.2f}x eager's speed (median), {speedup['fastest']:.2f}x (fastest)")
-    write_results("bench_compile", results)
+    print(f"wrote {results_file(args, __spec__.name, argv, 'bench_compile').save(**results)}")
 
 
 if __name__ == "__main__":

@@ -5,29 +5,17 @@ Models: a small Hope (titans, the shape of ``scripts/train.py``'s tiny preset) a
 retrofitted as the main job does (one new fast level of 384; only it learns while reading).
 Rows of equal length, and rows of different lengths (padded). Reports tokens/s and the ratio.
 
-    python evaluation/benchmarks/bench_in_context_batch.py --threads 1     # ~5 minutes
-Writes evaluation/results/bench_in_context_batch.json and .png.
+    python -m evaluation.benchmarks.bench_in_context_batch --threads 1     # ~5 minutes
+Writes outputs/bench_in_context_batch.json and .png (--commit-results: evaluation/results/).
 """
 
-import argparse
-import sys
-import time
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # see bench_titans_paths.py
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(HERE))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
-sys.path.pop(0)
-
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
 from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner  # noqa: E402
 from hope_hf.data import smollm2_gguf_path  # noqa: E402
 from hope_hf.training.continual import load_model_and_tokenizer  # noqa: E402
@@ -69,16 +57,12 @@ def compare(learner, ids, mask, repeats: int, desc: str) -> dict:
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_in_context_batch", threads=1, repeats=3)
     parser.add_argument("--segment-size", type=int, default=64)
-    parser.add_argument("--results-name", default="bench_in_context_batch")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    started = time.perf_counter()
+    parser.add_argument("--results-name", default="bench_in_context_batch",
+                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
+    args = start(parser, argv)
     cases = {
         "small Hope, 8 x 512": (small_hope, [512] * 8),
         "small Hope, 8 rows of 128-512": (small_hope, [512, 448, 384, 320, 256, 200, 160, 128]),
@@ -94,14 +78,13 @@ def main():
         r = results[name]
         print(f"{name}: batched {r['tokens_per_s']['batched']:.0f} tok/s, one by one "
               f"{r['tokens_per_s']['one_by_one']:.0f} tok/s: {r['batched_over_one_by_one']:.2f}x", flush=True)
-    write_results(args.results_name, {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "segment_size": args.segment_size,
-        "repeats": args.repeats, "duration_s": round(time.perf_counter() - started, 1), "cases": results,
-    })
-    plot(results, RESULTS / f"{args.results_name}.png")
+    path = results_file(args, __spec__.name, argv, args.results_name).save(
+        segment_size=args.segment_size, repeats=args.repeats, cases=results)
+    print(f"wrote {path}")
+    plot(results, path)
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, json_path) -> None:
     names = list(results)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for offset, side in ((-0.2, "one_by_one"), (0.2, "batched")):
@@ -114,8 +97,7 @@ def plot(results: dict, path: Path) -> None:
            title="InContextLearner: one batched read vs rows one by one")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, json_path)
 
 
 if __name__ == "__main__":

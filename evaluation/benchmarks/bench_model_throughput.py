@@ -6,26 +6,18 @@ AdamW step at batch 1; tokens/s = T / median step time, at T = 1024 and 4096, th
 interleaved step by step in one process. Reports tokens/s, the ratio Hope/Llama and the parameter
 counts, plus a breakdown that explains the gap: fwd+bwd of one titans mixer vs one Llama
 attention block (same input) and a torch.profiler top-ops table of one Hope step.
-Writes evaluation/results/bench_model_throughput.json and .png.
+Writes outputs/bench_model_throughput.json and .png (--commit-results: evaluation/results/).
 
-    python evaluation/benchmarks/bench_model_throughput.py                  # defaults, ~2 minutes
-    python evaluation/benchmarks/bench_model_throughput.py --seq-lens 512 2048 --repeats 3 --no-profile
-    python evaluation/benchmarks/bench_model_throughput.py --with-autograd-path --threads 1   # + Hope on the old chunk path
-    python evaluation/benchmarks/bench_model_throughput.py --seq-lens 8192 --no-profile --results-name bench_model_throughput_8k
+    python -m evaluation.benchmarks.bench_model_throughput                  # defaults, ~2 minutes
+    python -m evaluation.benchmarks.bench_model_throughput --seq-lens 512 2048 --repeats 3 --no-profile
+    python -m evaluation.benchmarks.bench_model_throughput --with-autograd-path --threads 1   # + Hope on the old chunk path
+    python -m evaluation.benchmarks.bench_model_throughput --seq-lens 8192 --no-profile --results-name bench_model_throughput_8k
 
 On a loaded machine use --threads 1: with more threads than free cores, every parallel op waits
 for a descheduled thread, which hurts Hope's many mid-sized ops far more than attention's few.
 """
 
-import argparse
 import contextlib
-import sys
-from pathlib import Path
-
-# python puts a script's folder first on the path: this folder's kernels.py would shadow the
-# `kernels` package that transformers probes for, and importing Llama then fails
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import matplotlib
 
@@ -36,11 +28,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-sys.path.insert(0, str(HERE))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
-sys.path.pop(0)
-
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 
 
@@ -117,8 +105,8 @@ def profile_step(step, top=12):
              "share": e.self_cpu_time_total / total} for e in events[:top]]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_model_throughput", threads=2, repeats=5)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--intermediate-size", type=int, default=688)
@@ -126,15 +114,12 @@ def main():
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
-    parser.add_argument("--results-name", default="bench_model_throughput", help="JSON/PNG name in evaluation/results/")
+    parser.add_argument("--results-name", default="bench_model_throughput",
+                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
     parser.add_argument("--with-autograd-path", action="store_true",
                         help="also time Hope with the chunk loop on the autograd path it had before ChunkScan")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = start(parser, argv)
     models = build_models(args)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     print(f"parameters: hope {params['hope']:,}, llama {params['llama']:,}")
@@ -175,7 +160,8 @@ def main():
               f"hope/llama {ratio:.2f}; one mixer fwd+bwd: titans {mixer_s['titans_mixer'] * 1e3:.0f} ms, "
               f"attention {mixer_s['llama_attention'] * 1e3:.0f} ms; "
               f"step gap {step_gap:.2f} s vs {args.layers} x mixer gap {mixer_gap:.2f} s")
-    write_results(args.results_name, {"config": vars(args), "parameters": params, "results": rows})
+    results = results_file(args, __spec__.name, argv, args.results_name)
+    results.save(parameters=params, results=rows)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     xs = range(len(rows))
@@ -192,7 +178,7 @@ def main():
     ax.set_ylim(0, 1.3 * max(max(r["tokens_per_s"].values()) for r in rows))
     ax.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
+    save_figure(fig, results.path)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,12 @@
 Measures forward + backward ((o.sum() + final_state.sum()).backward()) of
 `chunk_self_referential_gated_delta_rule` and `naive_self_referential_gated_delta_rule` on CPU,
 fp32, B=1, H=4, d=32, T=2048, chunk_size=64. Both run in one process, interleaved; medians and
-the speed-up ratio go to evaluation/results/bench_ops.json (plus a bar plot). Before timing, it
-checks that both paths agree (outputs and gradients).
+the speed-up ratio go to outputs/bench_ops.json (plus a bar plot beside it; --commit-results:
+evaluation/results/). Before timing, it checks that both paths agree (outputs and gradients).
 
-    python evaluation/benchmarks/bench_ops.py                      # defaults, ~1 minute
-    python evaluation/benchmarks/bench_ops.py --seq-len 512 --repeats 5
+    python -m evaluation.benchmarks.bench_ops                      # defaults, ~1 minute
+    python -m evaluation.benchmarks.bench_ops --seq-len 512 --repeats 5
 """
-
-import argparse
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -21,9 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
 from hope_hf.ops import (  # noqa: E402
     chunk_self_referential_gated_delta_rule,
     naive_self_referential_gated_delta_rule,
@@ -62,18 +56,14 @@ def check_agreement(inputs, chunk_size):
     return {k: (a - b).abs().max().item() for k, a, b in zip(labels, results["reference"], results["chunked"])}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_ops", threads=2, repeats=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = start(parser, argv)
     inputs = make_inputs(args.batch, args.seq_len, args.heads, args.head_dim)
 
     max_abs_diff = check_agreement(inputs, args.chunk_size)
@@ -85,8 +75,8 @@ def main():
     speedup = seconds["reference"] / seconds["chunked"]
     print(f"T={args.seq_len}: reference {seconds['reference']:.3f} s, chunked {seconds['chunked']:.3f} s, "
           f"speed-up {speedup:.1f}x")
-    write_results("bench_ops", {
-        "config": vars(args),
+    results = results_file(args, __spec__.name, argv, "bench_ops")
+    results.save(**{
         "seconds_fwd_bwd_median": seconds,
         "timings": timings,
         "speedup_chunked_over_reference": speedup,
@@ -100,7 +90,7 @@ def main():
     ax.set_ylabel("fwd+bwd seconds (median)")
     ax.set_title(f"self-referential op, T={args.seq_len}, H={args.heads}, d={args.head_dim}: {speedup:.1f}x")
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_ops.png", dpi=120)
+    save_figure(fig, results.path)
 
 
 if __name__ == "__main__":

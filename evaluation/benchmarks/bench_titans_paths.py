@@ -8,20 +8,11 @@
 2. A left-padded batch of 8 rows of different lengths (and, with a cache, different chunk
    phases) through one titans mixer, short (prompts, T=48) and long (T=512): ``aligned`` (one call, each row at its own chunk phase)
    vs ``per_row`` (the loop over rows), forward without grad and forward + backward.
-Writes evaluation/results/bench_titans_paths.json and .png.
+Writes outputs/bench_titans_paths.json and .png (--commit-results: evaluation/results/).
 
-    python evaluation/benchmarks/bench_titans_paths.py            # ~1 minute on quiet cores
-    python evaluation/benchmarks/bench_titans_paths.py --threads 1 --results-name bench_titans_paths_1thread
+    python -m evaluation.benchmarks.bench_titans_paths            # ~1 minute on quiet cores
+    python -m evaluation.benchmarks.bench_titans_paths --threads 1 --results-name bench_titans_paths_1thread
 """
-
-import argparse
-import sys
-from pathlib import Path
-
-# python puts a script's folder first on the path: this folder's kernels.py would shadow the
-# `kernels` package that transformers probes for, and importing Llama then fails
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import matplotlib
 
@@ -31,11 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-sys.path.insert(0, str(HERE))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
-sys.path.pop(0)
-
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width  # noqa: E402
 from hope_hf.ops.self_referential.chunk import delta_rule_chunk  # noqa: E402
@@ -105,20 +92,17 @@ def padded_batch_fns(mixer, lengths, T, with_cache, grad):
     return {"aligned": run(mixer._aligned), "per_row": run(mixer._per_row)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_titans_paths", threads=2, repeats=5)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=48, help="padded length of the short batch of 8")
     parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results-name", default="bench_titans_paths", help="JSON/PNG name in evaluation/results/")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    parser.add_argument("--results-name", default="bench_titans_paths",
+                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
+    args = start(parser, argv)
     head_dim = args.hidden_size // args.heads
 
     fns, inputs = op_fns(args.seq_len, args.heads, head_dim, args.chunk_size)
@@ -158,7 +142,8 @@ def main():
         }
         batch_rows.append(row)
         print(f"{row['setting']}: x{row['speedup_aligned_over_per_row']:.2f}")
-    write_results(args.results_name, {"config": vars(args), "op": op_row, "left_padded_batch": batch_rows})
+    results = results_file(args, __spec__.name, argv, args.results_name)
+    results.save(op=op_row, left_padded_batch=batch_rows)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = list(op_row["median_s"])
@@ -179,7 +164,7 @@ def main():
     axes[1].set_title("left-padded batch of 8 through one titans mixer")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.results_name}.png", dpi=120)
+    save_figure(fig, results.path)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,12 @@
 Times `mixer(hidden_states)` under torch.no_grad at T = 1024, 2048, 4096, 8192, 16384 (hidden 256,
 4 heads, chunk 64, batch 1); the lengths are interleaved within every repeat and the median is
 kept. Reports time per token at each T (flat = linear), a least-squares fit time = a + b*T and the
-log-log slope (1.0 = linear, 2.0 = quadratic). Writes evaluation/results/bench_titans_scaling.json
-and a log-log plot with a linear reference line (.png).
+log-log slope (1.0 = linear, 2.0 = quadratic). Writes outputs/bench_titans_scaling.json
+(--commit-results: evaluation/results/) and beside it a log-log plot with a linear reference line.
 
-    python evaluation/benchmarks/bench_titans_scaling.py                  # defaults, ~1 minute
-    python evaluation/benchmarks/bench_titans_scaling.py --seq-lens 512 1024 2048 --repeats 3
+    python -m evaluation.benchmarks.bench_titans_scaling                  # defaults, ~1 minute
+    python -m evaluation.benchmarks.bench_titans_scaling --seq-lens 512 1024 2048 --repeats 3
 """
-
-import argparse
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -21,23 +17,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
 from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_titans_scaling", threads=2, repeats=5)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = start(parser, argv)
     config = HopeConfig(vocab_size=256, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
                         num_hidden_layers=1, num_attention_heads=args.heads, mixer="titans",
                         titans_chunk_size=args.chunk_size)
@@ -60,8 +50,8 @@ def main():
         print(f"T={r['seq_len']:>6}: {r['seconds_median']:.3f} s, {r['us_per_token']:.1f} us/token")
     print(f"fit: time = {intercept * 1e3:.1f} ms + {slope * 1e6:.1f} us * T; log-log exponent {loglog_exponent:.3f}; "
           f"time/token max/min {flatness:.2f}")
-    write_results("bench_titans_scaling", {
-        "config": vars(args),
+    results = results_file(args, __spec__.name, argv, "bench_titans_scaling")
+    results.save(**{
         "results": rows,
         "fit_linear": {"intercept_s": float(intercept), "slope_us_per_token": float(slope * 1e6)},
         "loglog_exponent": float(loglog_exponent),
@@ -78,7 +68,7 @@ def main():
     ax.set_title(f"one titans layer, no grad: exponent {loglog_exponent:.2f}, us/token max/min {flatness:.2f}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_titans_scaling.png", dpi=120)
+    save_figure(fig, results.path)
 
 
 if __name__ == "__main__":

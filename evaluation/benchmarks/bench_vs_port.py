@@ -26,31 +26,21 @@ Timed, both sides in one process, interleaved, medians, fp32, batch --batch:
   online mode on a fresh fast state (per segment: read pass, loss, per-layer teach signals, update
   pass), the same segment.
 
-    python evaluation/benchmarks/bench_vs_port.py --port-path /path/to/nested_learning   # ~2 minutes, 1 thread
-Writes evaluation/results/bench_vs_port.json and .png.
+    python -m evaluation.benchmarks.bench_vs_port --port-path /path/to/nested_learning   # ~2 minutes, 1 thread
+Writes outputs/bench_vs_port.json and .png (--commit-results: evaluation/results/).
 """
 
-import argparse
 import dataclasses
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # see bench_titans_paths.py
+import torch
+import torch.nn.functional as F
+import yaml
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
-
-sys.path.insert(0, str(HERE))
-from common import RESULTS, time_interleaved, write_results  # noqa: E402
-
-sys.path.pop(0)
-
-from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner  # noqa: E402
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner
 
 PAIRS = {"titans": "pilot_selfmod", "attention": "pilot_attention"}  # hope_hf mixer -> the port's config
 PORT_MODEL_FILE = Path("src") / "nested_learning" / "model.py"
@@ -276,7 +266,7 @@ def port_commit(port_path: Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def plot(pairs: list[dict], path: Path):
+def plot(pairs: list[dict], json_path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,11 +289,11 @@ def plot(pairs: list[dict], path: Path):
     ax.set_title("hope_hf vs the port: titans vs hope_selfmod (blue), attention vs hope_attention (orange)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, json_path)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, "bench_vs_port", threads=1, repeats=5)
     parser.add_argument("--port-path", type=Path, default=None, help="a checkout of kmccleary3301/nested_learning")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
@@ -314,13 +304,11 @@ def main(argv=None):
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--read-len", type=int, default=256, help="length of the pilot-step and reading comparisons")
     parser.add_argument("--segment-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slow-repeats", type=int, default=2, help="repeats of the pilot-step and reading comparisons")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results-name", default="bench_vs_port")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--results-name", default="bench_vs_port",
+                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
+    args = start(parser, argv, seed=None)
     missing = port_missing_reason(args.port_path)
     if missing:
         print(f"skipped: the port's source is needed ({missing}). Fetch it with\n"
@@ -328,18 +316,12 @@ def main(argv=None):
               "and pass --port-path nested_learning. Nothing was measured or written.")
         return None
     args.port_path = args.port_path.resolve()
-    torch.set_num_threads(args.threads)
-    load_at_start = os.getloadavg()
-    started = time.perf_counter()
+    results = results_file(args, __spec__.name, argv, args.results_name)
     pairs = [run_pair(mixer, variant, args) for mixer, variant in PAIRS.items()]
-    settings = {**vars(args), "port_path": str(args.port_path), "results_dir": str(args.results_dir)}
-    payload = {"command": " ".join(["python", *sys.argv]), "config": settings,
-               "port_commit": port_commit(args.port_path),
-               "loadavg_1_5_15min_at_start": load_at_start,
-               "dtype": "float32", "optimizer": "AdamW lr 1e-4 on both sides (the port's pilot uses Muon)",
-               "duration_s": time.perf_counter() - started, "pairs": pairs}
-    path = write_results(args.results_name, payload, args.results_dir)
-    plot(pairs, args.results_dir / f"{args.results_name}.png")
+    path = results.save(port_commit=port_commit(args.port_path), dtype="float32",
+                        optimizer="AdamW lr 1e-4 on both sides (the port's pilot uses Muon)", pairs=pairs)
+    print(f"wrote {path}")
+    plot(pairs, path)
     return path
 
 

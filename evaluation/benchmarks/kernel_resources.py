@@ -4,23 +4,20 @@ Triton compiles to PTX on any machine; this catches what the interpreter (TRITON
 cannot: code the GPU compiler rejects, and tile sizes that need more shared memory than one
 thread block can have (227 KiB on sm_90 / H100). It does not measure speed.
 
-    python evaluation/benchmarks/kernel_resources.py                     # d in 32/64/128, chunk 16/64, sm_90, tf32 and ieee dots
-    python evaluation/benchmarks/kernel_resources.py --head-dims 32 --chunk-sizes 16 --results-dir /tmp/x
+    python -m evaluation.benchmarks.kernel_resources                     # d in 32/64/128, chunk 16/64, sm_90, tf32 and ieee dots
+    python -m evaluation.benchmarks.kernel_resources --head-dims 32 --chunk-sizes 16 --output /tmp/x/kernel_resources.json
 
-Writes kernel_resources.json: per kernel and shape, shared memory, whether it fits, and whether
+Writes outputs/kernel_resources.json (--commit-results: evaluation/results/): per kernel and shape, shared memory, whether it fits, and whether
 the op dispatches to it (fused_kernel_supports). Run it without TRITON_INTERPRET set.
 """
 
-import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, write_results  # noqa: E402
+from evaluation.lib.timing import benchmark_parser, results_file
 
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}  # bytes per thread block (opt-in maximum)
 FWD_ARGS = ["u_ptr", "q_ptr", "keep_ptr", "b_eta_ptr", "b_alpha_ptr", "p0_ptr", "h_ptr", "o_ptr", "eta_max", "num_chunks", "H"]
@@ -41,21 +38,21 @@ def compile_kernel(kernel, arg_names, constants: dict, arch: int, num_warps: int
     return triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "kernel_resources", threads=None)
     parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_MEMORY_LIMIT))
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--precisions", nargs="+", default=["tf32", "ieee"], choices=["tf32", "ieee"],
                         help="dots: tf32 (bf16/fp16 inputs) or ieee (fp32 inputs)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter replaces the kernels this script compiles")
 
     from hope_hf.ops.self_referential.fused_chunk import _bwd_kernel, _fwd_kernel, _tile_width, fused_kernel_supports
 
+    results = results_file(args, __spec__.name, argv, "kernel_resources")
     rows = []
     configs = [(d, chunk, precision) for d in args.head_dims for chunk in args.chunk_sizes for precision in args.precisions]
     for d, chunk, precision in tqdm(configs, desc="compiling"):
@@ -72,9 +69,9 @@ def main():
             row["dispatched"] = fused_kernel_supports(d, chunk)
             rows.append(row)
             tqdm.write(str(row))
-    write_results("kernel_resources", {"arch": f"sm_{args.arch}", "num_warps": args.num_warps,
-                                       "shared_memory_limit_bytes": SHARED_MEMORY_LIMIT[args.arch], "kernels": rows},
-                  args.results_dir)
+    path = results.save(arch=f"sm_{args.arch}", num_warps=args.num_warps,
+                        shared_memory_limit_bytes=SHARED_MEMORY_LIMIT[args.arch], kernels=rows)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -7,30 +7,26 @@ For each sequence length and head dim, times the forward and the forward + backw
                  the floor the fused kernel aims for
     sdpa         torch's scaled_dot_product_attention, causal, same B, H, T, d
 (d=128 has no fused row: the fused kernels stop at d=64, see fused_kernel_supports)
-all in bf16, in one process, interleaved (common.py), and reports milliseconds, ratios to the
+all in bf16, in one process, interleaved, and reports milliseconds, ratios to the
 fused kernel and achieved TFLOP/s (FLOPs of each method's own algorithm, counted below; a
 TFLOP/s figure is only comparable between methods doing the same math).
 
-    python evaluation/benchmarks/kernels.py                  # a GPU: T in 2K/8K/32K, H=16, d in 64/128
-    python evaluation/benchmarks/kernels.py --seq-lens 2048 --head-dims 64 --repeats 5
-    TRITON_INTERPRET=1 python evaluation/benchmarks/kernels.py --smoke   # CPU: tiny shapes, checks the script
+    python -m evaluation.benchmarks.bench_kernels                  # a GPU: T in 2K/8K/32K, H=16, d in 64/128
+    python -m evaluation.benchmarks.bench_kernels --seq-lens 2048 --head-dims 64 --repeats 5
+    TRITON_INTERPRET=1 python -m evaluation.benchmarks.bench_kernels --smoke   # CPU: tiny shapes, checks the script
 
-Writes evaluation/results/kernels.json and kernels.png (--smoke: kernels_smoke.json, no plot,
-into --results-dir).
+Writes outputs/bench_kernels.json and .png beside it (--commit-results: evaluation/results/;
+--smoke: outputs/bench_kernels_smoke.json, no plot).
 """
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, write_results  # noqa: E402
-
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, fla_self_referential_gated_delta_rule, state_width  # noqa: E402
-from hope_hf.ops.self_referential.fused_chunk import (  # noqa: E402
+from evaluation.lib.timing import benchmark_parser, results_file, save_figure
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, fla_self_referential_gated_delta_rule, state_width
+from hope_hf.ops.self_referential.fused_chunk import (
     fused_chunk_self_referential_gated_delta_rule,
     fused_kernel_supports,
 )
@@ -119,7 +115,7 @@ def benchmark(run, B, T, H, d, chunk, dtype, device, repeats):
     return rows
 
 
-def plot(results, path):
+def plot(results, json_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,21 +130,19 @@ def plot(results, path):
         ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="fwd+bwd ms", title=f"H=16, d={d}, bf16")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, json_path)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "bench_kernels", threads=None, repeats=10)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (TRITON_INTERPRET=1), fp32")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes on CPU (TRITON_INTERPRET=1), fp32; the results file is bench_kernels_smoke")
+    args = parser.parse_args(argv)
 
     if args.smoke:
         device, dtype, make_run = "cpu", torch.float32, smoke_methods
@@ -158,23 +152,22 @@ def main():
         device, dtype, make_run = "cuda", torch.bfloat16, methods
         shapes = [(T, d) for d in args.head_dims for T in args.seq_lens]
     else:
-        sys.exit("kernels.py times GPU kernels: run it on a CUDA machine, or with --smoke under TRITON_INTERPRET=1")
+        sys.exit("bench_kernels times GPU kernels: run it on a CUDA machine, or with --smoke under TRITON_INTERPRET=1")
 
-    results = []
+    name = "bench_kernels_smoke" if args.smoke else "bench_kernels"
+    results = results_file(args, __spec__.name, argv, name, device=device)
+    shape_rows = []
     for T, d in shapes:
         rows = benchmark(make_run(args.chunk_size, d), args.batch_size, T, args.heads, d, args.chunk_size, dtype, device,
                          args.repeats)
-        results.append({"T": T, "d": d, "chunk_size": args.chunk_size, "methods": rows})
-        summary = ", ".join(f"{name} {row['fwd_bwd_ms']:.2f} ms" for name, row in rows.items())
+        shape_rows.append({"T": T, "d": d, "chunk_size": args.chunk_size, "methods": rows})
+        summary = ", ".join(f"{method} {row['fwd_bwd_ms']:.2f} ms" for method, row in rows.items())
         print(f"T={T} d={d} chunk={args.chunk_size}: fwd+bwd {summary}")
-    name = "kernels_smoke" if args.smoke else "kernels"
-    write_results(name, {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
-        "dtype": str(dtype), "batch_size": args.batch_size, "heads": args.heads,
-        "results": results,
-    }, args.results_dir)
+    path = results.save(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
+                        dtype=str(dtype), batch_size=args.batch_size, heads=args.heads, results=shape_rows)
+    print(f"wrote {path}")
     if not args.smoke:
-        plot(results, args.results_dir / f"{name}.png")
+        plot(shape_rows, path)
 
 
 if __name__ == "__main__":

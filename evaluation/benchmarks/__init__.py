@@ -1,0 +1,1 @@
+"""Speed benchmarks: ``python -m evaluation.benchmarks.<name>``; see README.md."""

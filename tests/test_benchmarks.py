@@ -1,0 +1,77 @@
+"""The speed benchmarks as modules (``python -m evaluation.benchmarks.<name>``), at tiny sizes:
+each writes one results file with the fixed header, under outputs/ (and the PNG beside it), never
+into evaluation/results/ unless --commit-results."""
+
+import json
+
+import pytest
+
+from evaluation.lib import results as results_lib
+from evaluation.lib.results import HEADER
+
+TINY = {
+    "bench_ops": ["--seq-len", "32", "--heads", "2", "--head-dim", "8", "--chunk-size", "16", "--repeats", "1",
+                  "--threads", "1"],
+    "bench_titans_scaling": ["--seq-lens", "32", "64", "--hidden-size", "32", "--heads", "2", "--chunk-size", "16",
+                             "--repeats", "1", "--threads", "1"],
+}
+
+
+def committed_bytes(name):
+    path = results_lib.COMMITTED / f"{name}.json"
+    return path.read_bytes() if path.exists() else None
+
+
+def check_header(path, module):
+    payload = json.loads(path.read_text())
+    assert list(payload)[: len(HEADER)] == list(HEADER)
+    assert payload["command"].startswith(f"python -m evaluation.benchmarks.{module} ")
+    assert path.with_suffix(".png").exists()
+    return payload
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_writes_outputs_not_the_committed_results(name, tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module(f"evaluation.benchmarks.{name}")
+    monkeypatch.chdir(tmp_path)
+    before = committed_bytes(name)
+    module.main(TINY[name])
+    payload = check_header(tmp_path / "outputs" / f"{name}.json", name)
+    assert payload["settings"]["threads"] == 1 and payload["settings"]["repeats"] == 1
+    assert committed_bytes(name) == before
+
+
+def test_commit_results_writes_the_committed_path(tmp_path, monkeypatch):
+    from evaluation.benchmarks import bench_ops
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(results_lib, "COMMITTED", tmp_path / "committed")
+    bench_ops.main([*TINY["bench_ops"], "--commit-results"])
+    check_header(tmp_path / "committed" / "bench_ops.json", "bench_ops")
+    assert not (tmp_path / "outputs").exists()
+    with pytest.raises(SystemExit):
+        bench_ops.main([*TINY["bench_ops"], "--commit-results", "--output", str(tmp_path / "x.json")])
+
+
+def test_bench_m3_runs_every_optimizer_and_resumes(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    from evaluation.benchmarks import bench_m3
+
+    monkeypatch.chdir(tmp_path)
+    before = committed_bytes("bench_m3")
+    argv = ["--seeds", "1", "--digits-steps", "3", "--lm-steps", "2", "--threads", "1"]
+    bench_m3.main(argv)
+    path = tmp_path / "outputs" / "bench_m3.json"
+    payload = check_header(path, "bench_m3")
+    assert {(r["task"], r["optimizer"]) for r in payload["runs"]} == {
+        (task, name) for task in ("digits", "hope_lm") for name in ("adamw", "muon", "m3")}
+    for run in payload["runs"]:
+        assert [p["step"] for p in run["curve"]] == list(range(1, len(run["curve"]) + 1))
+        assert all(b["seconds"] >= a["seconds"] for a, b in zip(run["curve"], run["curve"][1:]))
+    assert set(payload["summary"]["digits"]["m3"]) == {"test_loss", "test_accuracy", "seconds"}
+    bench_m3.main([*argv, "--resume"])  # nothing missing: nothing runs again
+    resumed = json.loads(path.read_text())
+    assert resumed["runs"] == payload["runs"] and " ; " in resumed["command"]
+    assert committed_bytes("bench_m3") == before
