@@ -200,7 +200,7 @@ def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
     second = run_optimizer_sweep.main([*common, "--resume", "--seeds", "0", "1", "--lrs-adamw", "3e-3"])
     assert [(r["seed"], r["optimizer"]["lr"]) for r in second["runs"]] == [(0, 1e-3), (0, 3e-3), (1, 3e-3)]
     for kept, old in zip(second["runs"][:2], older["runs"]):  # kept, not rerun; the new field at its default
-        assert kept == {**old, "optimizer": {**old["optimizer"], "m3_momentum_decay": 1.0}}
+        assert kept == {**old, "optimizer": {**old["optimizer"], "m3_momentum_decay": 1.0, "betas": [0.9, 0.95]}}
     assert second["command"].count(" ; ") == 1 and second["duration_s"] > first["duration_s"]
     assert len(by_lr(second, "llama", "adamw")[3e-3]["final_validation_loss"]["values"]) == 2
     with pytest.raises(SystemExit, match="shape"):

@@ -60,8 +60,6 @@ def compare(learner, ids, mask, repeats: int, desc: str) -> dict:
 def main(argv=None):
     parser = benchmark_parser(__doc__, "bench_in_context_batch", threads=1, repeats=3)
     parser.add_argument("--segment-size", type=int, default=64)
-    parser.add_argument("--results-name", default="bench_in_context_batch",
-                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
     args = start(parser, argv)
     cases = {
         "small Hope, 8 x 512": (small_hope, [512] * 8),
@@ -78,7 +76,7 @@ def main(argv=None):
         r = results[name]
         print(f"{name}: batched {r['tokens_per_s']['batched']:.0f} tok/s, one by one "
               f"{r['tokens_per_s']['one_by_one']:.0f} tok/s: {r['batched_over_one_by_one']:.2f}x", flush=True)
-    path = results_file(args, __spec__.name, argv, args.results_name).save(
+    path = results_file(args, __spec__.name, argv, "bench_in_context_batch").save(
         segment_size=args.segment_size, repeats=args.repeats, cases=results)
     print(f"wrote {path}")
     plot(results, path)

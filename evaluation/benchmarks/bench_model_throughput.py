@@ -11,7 +11,7 @@ Writes outputs/bench_model_throughput.json and .png (--commit-results: evaluatio
     python -m evaluation.benchmarks.bench_model_throughput                  # defaults, ~2 minutes
     python -m evaluation.benchmarks.bench_model_throughput --seq-lens 512 2048 --repeats 3 --no-profile
     python -m evaluation.benchmarks.bench_model_throughput --with-autograd-path --threads 1   # + Hope on the old chunk path
-    python -m evaluation.benchmarks.bench_model_throughput --seq-lens 8192 --no-profile --results-name bench_model_throughput_8k
+    python -m evaluation.benchmarks.bench_model_throughput --seq-lens 8192 --no-profile --output evaluation/results/bench_model_throughput_8k.json
 
 On a loaded machine use --threads 1: with more threads than free cores, every parallel op waits
 for a descheduled thread, which hurts Hope's many mid-sized ops far more than attention's few.
@@ -115,8 +115,6 @@ def main(argv=None):
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
-    parser.add_argument("--results-name", default="bench_model_throughput",
-                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
     parser.add_argument("--with-autograd-path", action="store_true",
                         help="also time Hope with the chunk loop on the autograd path it had before ChunkScan")
     args = start(parser, argv)
@@ -160,7 +158,7 @@ def main(argv=None):
               f"hope/llama {ratio:.2f}; one mixer fwd+bwd: titans {mixer_s['titans_mixer'] * 1e3:.0f} ms, "
               f"attention {mixer_s['llama_attention'] * 1e3:.0f} ms; "
               f"step gap {step_gap:.2f} s vs {args.layers} x mixer gap {mixer_gap:.2f} s")
-    results = results_file(args, __spec__.name, argv, args.results_name)
+    results = results_file(args, __spec__.name, argv, "bench_model_throughput")
     results.save(parameters=params, results=rows)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -11,7 +11,7 @@
 Writes outputs/bench_titans_paths.json and .png (--commit-results: evaluation/results/).
 
     python -m evaluation.benchmarks.bench_titans_paths            # ~1 minute on quiet cores
-    python -m evaluation.benchmarks.bench_titans_paths --threads 1 --results-name bench_titans_paths_1thread
+    python -m evaluation.benchmarks.bench_titans_paths --threads 1 --output evaluation/results/bench_titans_paths_1thread.json
 """
 
 import matplotlib
@@ -100,8 +100,6 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=48, help="padded length of the short batch of 8")
     parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
-    parser.add_argument("--results-name", default="bench_titans_paths",
-                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
     args = start(parser, argv)
     head_dim = args.hidden_size // args.heads
 
@@ -142,7 +140,7 @@ def main(argv=None):
         }
         batch_rows.append(row)
         print(f"{row['setting']}: x{row['speedup_aligned_over_per_row']:.2f}")
-    results = results_file(args, __spec__.name, argv, args.results_name)
+    results = results_file(args, __spec__.name, argv, "bench_titans_paths")
     results.save(op=op_row, left_padded_batch=batch_rows)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

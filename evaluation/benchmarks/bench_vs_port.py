@@ -306,8 +306,6 @@ def main(argv=None):
     parser.add_argument("--segment-size", type=int, default=64)
     parser.add_argument("--slow-repeats", type=int, default=2, help="repeats of the pilot-step and reading comparisons")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results-name", default="bench_vs_port",
-                        help="the results file's name (outputs/<name>.json, with --commit-results evaluation/results/)")
     args = start(parser, argv, seed=None)
     missing = port_missing_reason(args.port_path)
     if missing:
@@ -316,7 +314,7 @@ def main(argv=None):
               "and pass --port-path nested_learning. Nothing was measured or written.")
         return None
     args.port_path = args.port_path.resolve()
-    results = results_file(args, __spec__.name, argv, args.results_name)
+    results = results_file(args, __spec__.name, argv, "bench_vs_port")
     pairs = [run_pair(mixer, variant, args) for mixer, variant in PAIRS.items()]
     path = results.save(port_commit=port_commit(args.port_path), dtype="float32",
                         optimizer="AdamW lr 1e-4 on both sides (the port's pilot uses Muon)", pairs=pairs)

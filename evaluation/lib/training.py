@@ -30,15 +30,16 @@ class OptimizerSpec:
     weight_decay: float = 0.1
     m3_eps: float = 1e-2
     m3_momentum_decay: float = 1.0  # mu of both M3 momenta; 1.0 is Algorithm 1 (momenta sum every gradient)
+    betas: tuple = (0.9, 0.95)  # of AdamW (and of the AdamW part of muon / m3)
 
 
 def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
     if spec.name == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)]
+        return [torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)]
     matrices, others = hidden_matrices(model)
     if spec.name == "muon":
         return [torch.optim.Muon(matrices, lr=spec.lr, weight_decay=spec.weight_decay),
-                torch.optim.AdamW(others, lr=spec.adamw_lr, betas=(0.9, 0.95), weight_decay=spec.weight_decay)]
+                torch.optim.AdamW(others, lr=spec.adamw_lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)]
     if spec.name == "m3":
         levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay},  # Algorithm 1's defaults
                   {"period": 8, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay}]

@@ -18,7 +18,7 @@ import torch
 from evaluation.lib.corpora import corpus_tag, prepare_corpus
 from evaluation.lib.models import MODELS, add_shape_arguments, build_model, matched_models, shape_from_args
 from evaluation.lib.plots import plt, save
-from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path, run_cells
+from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, jsonable, output_path, run_cells
 from evaluation.lib.sweep import at_edge, best_rows, grid, summarize
 from evaluation.lib.training import OptimizerSpec, RunSettings, train_lm
 
@@ -104,7 +104,7 @@ def main(argv=None):
     results = ResultsFile(path, command_line(__spec__.name, argv), vars(args), args.resume, args.device,
                           varying=(*axes, "no_progress", "commit_results"))
     for run in results.runs:  # a run written before a field of OptimizerSpec existed has its default
-        run["optimizer"] = asdict(OptimizerSpec(**run["optimizer"]))
+        run["optimizer"] = jsonable(asdict(OptimizerSpec(**run["optimizer"])))
     results.save(shape=shape, parameters={**results.fields.get("parameters", {}), **sizes})
     cells = grid(seed=args.seeds, model=args.models, optimizer=[asdict(s) for s in optimizer_grid(args)])
 
