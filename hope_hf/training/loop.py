@@ -74,8 +74,9 @@ def train_steps(model, optimizers: list, backward: Callable[[int], torch.Tensor]
             break
         if evaluate and ((eval_every and step % eval_every == 0) or step == steps):
             evaluations.append({"step": step, **evaluate()})
-            bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in evaluations[-1].items()
-                                                        if k != "step" and isinstance(v, float)})
+            bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval_{k}" if k == "loss" else k: f"{v:.3f}"
+                                                             for k, v in evaluations[-1].items()
+                                                             if k != "step" and isinstance(v, float)}})
             if stop is not None and stop(evaluations[-1]):
                 stopped_early = step < steps
                 break
