@@ -5,10 +5,11 @@ at zero), or any Llama-CMS / Hope checkpoint (--model). Each outer step reads a 
 of --segments segments with InContextLearner (the inner loop: the level steps after every
 segment) and moves the level's initial weights along the first-order meta-gradient of the loss
 of segments 2..n (hope_hf.training.meta). Windows come from all but the last --held-out-tokens
-tokens of each text, which evaluation/continual/run_test_time_learning.py reads.
+tokens of each text, which run_test_time_learning read until it moved to the test splits of
+evaluation/lib/corpora.py (those chapters lie inside these texts: not yet held out here).
 
     python scripts/meta_learn_fast_level.py                         # CPU-sized default
-    python evaluation/continual/run_test_time_learning.py --model outputs/meta_fast_level/final
+    python -m evaluation.continual.run_test_time_learning --model outputs/meta_fast_level/final
 """
 
 import argparse

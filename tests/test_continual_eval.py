@@ -1,8 +1,7 @@
-"""The forgetting study (evaluation/continual/run_forgetting.py) on a tiny random Llama: all five
+"""The forgetting study (python -m evaluation.continual.run_forgetting) on a tiny random Llama: all five
 strategies run and report finite numbers and curves on the same tokens, each trains exactly what
 it says it trains, and the learning rate is chosen by distance to the target."""
 
-import importlib.util
 import json
 import math
 import re
@@ -12,14 +11,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from evaluation.continual import run_forgetting
+from evaluation.lib.results import HEADER
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_bpe_tokenizer
 from hope_hf.training.continual import load_plain_llama, perplexity
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("run_forgetting", ROOT / "evaluation" / "continual" / "run_forgetting.py")
-run_forgetting = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_forgetting)
 
 PERIOD = 3  # level 0's period in (b)
 LEVEL0 = (".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj.")
@@ -47,7 +43,7 @@ def common_args(folder: Path, out: Path, *extra) -> list[str]:
             "--block-size", "32", "--batch-size", "2", "--held-out-blocks", "4", "--new-level-size", "16",
             "--pretrained-period", str(PERIOD), "--slow-level-period", str(PERIOD), "--warmup-steps", "0",
             "--eval-every", "1", "--lora-rank", "2", "--output-dir", str(out / "runs"),
-            "--results", str(out / "continual_forgetting.json"), *extra]
+            "--output", str(out / "continual_forgetting.json"), *extra]
 
 
 def level0_name(name: str) -> str:
@@ -117,7 +113,7 @@ def test_all_strategies_write_finite_results_and_curves_on_the_same_tokens(setup
     saved = json.loads((out / "continual_forgetting.json").read_text())
     assert saved["complete"] and saved["summary"] == json.loads(json.dumps(results["summary"]))
     assert (out / "continual_forgetting.png").stat().st_size > 0
-    assert saved["command"].startswith("python evaluation/continual/run_forgetting.py --model ")
+    assert saved["command"].startswith("python -m evaluation.continual.run_forgetting --model ")
     runs = saved["runs"]
     strategies = list(run_forgetting.STRATEGIES)
     assert [(r["strategy"], r["seed"]) for r in runs] == [(s, seed) for seed in (0, 1) for s in strategies]
@@ -211,6 +207,18 @@ def test_slow_levels_move_at_their_period(setup, tmp_path):
     assert [r["steps"] for r in results["runs"]] == [PERIOD, PERIOD]
     check_slow_level0(diffs["cms_slow_level0", 0], moved=True)
     check_only_new_levels(diffs["cms_multi", 0], llama, states["cms_multi", 0], moved={"0", "1"})
+
+
+def test_a_default_study_writes_under_outputs_with_the_results_header_and_resumes(setup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = common_args(setup, tmp_path, "--strategies", "cms_frozen", "--seeds", "0", "--max-steps", "1",
+                       "--lr-sweep", "1e-3")
+    args = args[: args.index("--output")] + args[args.index("--output") + 2 :]
+    first = run_forgetting.main(args)
+    saved = json.loads((tmp_path / "outputs" / "continual_forgetting.json").read_text())
+    assert list(saved)[: len(HEADER)] == list(HEADER) and saved == first and saved["complete"]
+    again = run_forgetting.main(args + ["--resume"])  # nothing left to run: the run is kept, not redone
+    assert again["runs"] == first["runs"] and again["command"].count(" ; ") == 1
 
 
 def record(strategy, lr, seed, new_after):

@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from evaluation.lib.results import HEADER
+from evaluation.long_context import run_niah
 from helpers import tiny_model
 from hope_hf.data import sample_text_path
 from hope_hf.evaluation.long_context import (
@@ -177,25 +179,26 @@ def test_bad_arguments_raise_clear_errors(tokenizer, call, message):
         call(tokenizer)
 
 
-def load_script(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "evaluation" / "long_context" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scripts_write_json_and_png(tmp_path, tokenizer):
     model = tiny_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, titans_chunk_size=16)
     model.save_pretrained(tmp_path / "hope")
     tokenizer.save_pretrained(tmp_path / "hope")
-    niah = load_script("run_niah").main(["--model", str(tmp_path / "hope"), "--context-lengths", "300", "400",
+    niah = run_niah.main(["--model", str(tmp_path / "hope"), "--context-lengths", "300", "400",
                                          "--depths", "0", "1", "--examples-per-cell", "1", "--max-new-tokens", "2",
                                          "--output", str(tmp_path / "niah.json")])
     assert set(niah["grid"]) == {"passkey", "mk_niah"} and niah["num_examples"] == 8
-    assert json.loads((tmp_path / "niah.json").read_text())["command"].startswith("python run_")
+    assert json.loads((tmp_path / "niah.json").read_text())["command"].startswith("python -m evaluation.long_context.run_niah ")
     assert (tmp_path / "niah.png").stat().st_size > 1000
+
+
+def test_a_default_niah_run_writes_under_outputs_with_the_results_header(tmp_path, tokenizer, monkeypatch):
+    model = tiny_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, titans_chunk_size=16)
+    model.save_pretrained(tmp_path / "hope")
+    tokenizer.save_pretrained(tmp_path / "hope")
+    monkeypatch.chdir(tmp_path)
+    run_niah.main(["--model", str(tmp_path / "hope"), "--tasks", "passkey", "--context-lengths", "300", "--depths", "0",
+                   "--examples-per-cell", "1", "--max-new-tokens", "2"])
+    saved = json.loads((tmp_path / "outputs" / "niah_smollm2.json").read_text())
+    assert list(saved)[: len(HEADER)] == list(HEADER) and saved["num_examples"] == 1

@@ -2,13 +2,13 @@
 elimination and copying at chance), the Gated DeltaNet baseline against fla's reference, every
 mixer variant in a short training run, and the sweep script end to end (sanity gate included)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from evaluation.lib.results import HEADER
+from evaluation.mqar import run_mqar_sweep as sweep
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.evaluation.gated_deltanet import GatedDeltaNetMixer, gated_delta_rule
 from hope_hf.evaluation.mqar import (
@@ -152,16 +152,7 @@ def test_titans_init_fields_set_the_initial_memories_rates_and_decays():
             HopeConfig(**fields)
 
 
-def load_sweep():
-    path = Path(__file__).resolve().parents[1] / "evaluation" / "mqar" / "run_mqar_sweep.py"
-    spec = importlib.util.spec_from_file_location("run_mqar_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
-    sweep = load_sweep()
     tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
             "--head-dim", "8", "--num-layers", "1",
             "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "3e-3",
@@ -169,7 +160,7 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
     tiny_sanity = ["--sanity", "16", "16", "2", "1e-3"]
     report = sweep.main(tiny + tiny_sanity + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",
                                 "--output", str(tmp_path / "sweep.json")])
-    assert report["sanity"]["passed"] and report["command"].startswith("python evaluation/mqar/run_mqar_sweep.py")
+    assert report["sanity"]["passed"] and report["command"].startswith("python -m evaluation.mqar.run_mqar_sweep ")
     assert [(r["variant"], r["learning_rate"]) for r in report["runs"]] == [
         ("gated_deltanet", 1e-3), ("gated_deltanet", 3e-3), ("titans_init_std_0.1", 1e-3), ("titans_init_std_0.1", 3e-3)]
     assert report["runs"][2]["overrides"] == {"titans_memory_init_std": 0.1}
@@ -184,7 +175,7 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
         "--variants", "titans", "gated_deltanet", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
         "--resume", "--output", str(tmp_path / "again.json")])
     assert [r["variant"] for r in resumed["runs"]] == ["titans", "gated_deltanet"]  # the titans cell is not rerun
-    assert resumed["runs"][0] == again["runs"][0] and resumed["command"].count("run_mqar_sweep.py") == 2
+    assert resumed["runs"][0] == again["runs"][0] and resumed["command"].count("evaluation.mqar.run_mqar_sweep") == 2
     with pytest.raises(SystemExit, match="does not match"):
         sweep.main(tiny + ["--sanity", "16", "16", "2", "3e-3", "--sanity-from", str(tmp_path / "sweep.json"),
                                 "--output", str(tmp_path / "other.json")])
@@ -195,7 +186,6 @@ def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
 
 
 def test_sweep_runs_each_seed_and_labels_runs_by_their_initial_decay(tmp_path):
-    sweep = load_sweep()
     args = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
             "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3",
             "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "2", "--sanity-accuracy", "0.0",
@@ -218,7 +208,6 @@ def test_sweep_runs_each_seed_and_labels_runs_by_their_initial_decay(tmp_path):
 
 
 def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
-    sweep = load_sweep()
     common = ["--vocab-size", "32", "--widths", "16", "--head-dim", "8", "--num-layers", "1", "--steps", "2",
               "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3",
               "--sanity-steps", "2", "--sanity-accuracy", "0.0"]
@@ -231,13 +220,12 @@ def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
                                   "--output", str(tmp_path / "main.json")])
     assert merged["runs"] == main["runs"] + side["runs"]  # the side's titans cell is not rerun
     assert merged["command"] == main["command"] + " ; " + side["command"] + " ; " + merged["command"].split(" ; ")[-1]
-    assert merged["duration_s"] >= main["duration_s"] + side["duration_s"]
+    assert merged["duration_s"] >= round(main["duration_s"] + side["duration_s"], 1)  # each rounded to 0.1 s
     assert {(row["seq_len"], row["num_kv_pairs"]) for row in merged["best"]} == {(16, 2), (24, 3)}
 
 
 def test_every_ablation_runs_in_the_sweep(tmp_path):
     """Ablations that set a field the sweep also sets (the chunk size) override it instead of failing."""
-    sweep = load_sweep()
     report = sweep.main(["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
                          "--head-dim", "8", "--num-layers", "1", "--steps", "1", "--eval-every", "1", "--eval-examples", "4",
                          "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "1",
@@ -247,3 +235,14 @@ def test_every_ablation_runs_in_the_sweep(tmp_path):
     # an ablation is its own cell, also where its value happens to be HopeConfig's default (chunk 64)
     labels = {r["variant"]: sweep.run_label(r) for r in report["runs"]}
     assert labels["titans_chunk_64"] == "titans_chunk_64" and labels["titans_decay_0.99"] == "titans"
+
+
+def test_a_default_sweep_writes_under_outputs_with_the_results_header(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = sweep.main(["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
+                         "--steps", "1", "--eval-every", "1", "--eval-examples", "4", "--learning-rates", "1e-3",
+                         "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "1", "--sanity-accuracy", "0.0",
+                         "--variants", "attention"])
+    saved = json.loads((tmp_path / "outputs" / "mqar_sweep.json").read_text())
+    assert list(saved)[: len(HEADER)] == list(HEADER) and saved == report
+    assert {"sanity", "best", "runs"} <= set(saved) and (tmp_path / "outputs" / "mqar_sweep.png").exists()

@@ -1,23 +1,18 @@
-"""evaluation/continual/run_test_time_learning.py with --hope: a saved Hope model reads the three
-documents with and without test-time updates, end to end on a tiny model (issue 19)."""
+"""python -m evaluation.continual.run_test_time_learning with --hope: a saved Hope model reads the
+three documents (the corpora's test splits) with and without test-time updates, end to end on a
+tiny model (issue 19)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from evaluation.continual import run_test_time_learning
+from evaluation.lib.corpora import documents as corpus_documents
+from evaluation.lib.results import HEADER
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_bpe_tokenizer
-
-SCRIPT = Path(__file__).resolve().parents[1] / "evaluation" / "continual" / "run_test_time_learning.py"
-sys.path.insert(0, str(SCRIPT.parent))
-import run_test_time_learning  # noqa: E402
-
-sys.path.pop(0)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +30,19 @@ def tiny_hope(tmp_path_factory):
 
 def test_english_document_for_a_hope_is_outside_its_training_text():
     tokenizer = train_bpe_tokenizer(sample_text_path().read_text().splitlines()[:200], 300)
-    docs = run_test_time_learning.documents(tokenizer, english_from_full_bible=True)
+    docs = run_test_time_learning.documents(tokenizer)
     english_end = tokenizer.decode(docs["English"][-200:])
     assert english_end.strip() and english_end.strip()[-60:] not in sample_text_path().read_text()
-    assert english_end.rstrip().endswith("book of life.")  # Revelation 21, before the glossary of the last line
+    # the english corpus's last test chapter (Revelation 15), not a private copy of the Bible
+    last = corpus_documents("english", "test")[-1]
+    assert english_end.rstrip().endswith("would be finished.") and last.rstrip().endswith(english_end.strip()[-60:])
     assert set(docs) == {"Spanish", "English", "Python code"}
 
 
 def test_hope_reads_with_and_without_updates(tiny_hope, tmp_path):
     out = tmp_path / "ttl"
-    command = [sys.executable, str(SCRIPT), "--hope", str(tiny_hope), "--tokens", "40", "--segment-size", "8",
-               "--rules", "sgd lr 1e-2 (default)", "adam lr 1e-3", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    run_test_time_learning.main(["--hope", str(tiny_hope), "--tokens", "40", "--segment-size", "8",
+                                 "--rules", "sgd lr 1e-2 (default)", "adam lr 1e-3", "--output", str(out.with_suffix(".json"))])
     result = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".png").exists()
     rules = {run["rule"] for run in result["runs"]}
@@ -62,7 +58,17 @@ def test_hope_reads_with_and_without_updates(tiny_hope, tmp_path):
             assert losses[1:] != pytest.approx(plain[1:], abs=1e-6)
 
 
-def test_hope_and_model_are_exclusive(tiny_hope):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--hope", str(tiny_hope), "--model", str(tiny_hope)],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "--hope and --model" in done.stderr
+def test_hope_and_model_are_exclusive(tiny_hope, capsys):
+    with pytest.raises(SystemExit) as done:
+        run_test_time_learning.main(["--hope", str(tiny_hope), "--model", str(tiny_hope)])
+    assert done.value.code == 2 and "--hope and --model" in capsys.readouterr().err
+
+
+def test_a_default_run_writes_under_outputs_with_the_results_header_and_resumes(tiny_hope, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--hope", str(tiny_hope), "--tokens", "16", "--segment-size", "8", "--rules", "sgd lr 1e-2 (default)"]
+    first = run_test_time_learning.main(argv)
+    saved = json.loads((tmp_path / "outputs" / "test_time_learning_hope.json").read_text())
+    assert list(saved)[: len(HEADER)] == list(HEADER) and saved == first and len(saved["runs"]) == 6
+    again = run_test_time_learning.main(argv + ["--resume"])  # every document and rule is there: nothing is reread
+    assert again["runs"] == first["runs"] and again["command"].count(" ; ") == 1

@@ -9,16 +9,15 @@ Rows of equal length, and rows of different lengths (padded). Reports tokens/s a
 Writes outputs/bench_in_context_batch.json and .png (--commit-results: evaluation/results/).
 """
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner
+from hope_hf.data import smollm2_gguf_path
+from hope_hf.training.continual import load_model_and_tokenizer
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
-from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner  # noqa: E402
-from hope_hf.data import smollm2_gguf_path  # noqa: E402
-from hope_hf.training.continual import load_model_and_tokenizer  # noqa: E402
+plt = pyplot()
 
 
 def small_hope():

@@ -24,7 +24,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file
 from hope_hf.ops import chunk_self_referential_gated_delta_rule, fla_self_referential_gated_delta_rule, state_width
 from hope_hf.ops.self_referential.fused_chunk import (
     fused_chunk_self_referential_gated_delta_rule,
@@ -116,10 +117,7 @@ def benchmark(run, B, T, H, d, chunk, dtype, device, repeats):
 
 
 def plot(results, json_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     head_dims = sorted({r["d"] for r in results})
     fig, axes = plt.subplots(1, len(head_dims), figsize=(6 * len(head_dims), 4), squeeze=False)

@@ -13,20 +13,17 @@ Writes outputs/bench_m3.json and .png (--commit-results: evaluation/results/).
 import statistics
 import time
 
-import matplotlib
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from evaluation.lib.corpora import prepare_corpus  # noqa: E402
-from evaluation.lib.results import run_cells  # noqa: E402
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start  # noqa: E402
-from evaluation.lib.training import OptimizerSpec, make_optimizers  # noqa: E402
-from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
-from hope_hf.data import sample_text_path  # noqa: E402
-from hope_hf.training import train_steps  # noqa: E402
+from evaluation.lib.corpora import prepare_corpus
+from evaluation.lib.results import run_cells
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start
+from evaluation.lib.training import OptimizerSpec, make_optimizers
+from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.data import sample_text_path
+from hope_hf.training import train_steps
 
 LRS = {"adamw": 3e-3, "muon": 0.02, "m3": 1e-3}  # matrix learning rates; AdamW parts use 3e-3
 # torch's AdamW defaults (betas 0.9/0.999, weight decay 0.01) and Muon's (weight decay 0.1, which
@@ -34,6 +31,8 @@ LRS = {"adamw": 3e-3, "muon": 0.02, "m3": 1e-3}  # matrix learning rates; AdamW 
 OPTIMIZERS = {"adamw": OptimizerSpec("adamw", lr=LRS["adamw"], betas=(0.9, 0.999), weight_decay=0.01),
               "muon": OptimizerSpec("muon", lr=LRS["muon"], adamw_lr=3e-3, betas=(0.9, 0.999), weight_decay=0.1),
               "m3": OptimizerSpec("m3", lr=LRS["m3"], adamw_lr=3e-3, weight_decay=0.0)}
+
+plt = pyplot()
 
 
 class DigitsMLP(nn.Sequential):
@@ -139,7 +138,6 @@ def plot(runs: list[dict], json_path) -> None:
     axes[0].legend()
     fig.tight_layout()
     save_figure(fig, json_path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):

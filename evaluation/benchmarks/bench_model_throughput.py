@@ -19,17 +19,16 @@ for a descheduled thread, which hurts Hope's many mid-sized ops far more than at
 
 import contextlib
 
-import matplotlib
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
-from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
+plt = pyplot()
 
 
 def build_models(args):

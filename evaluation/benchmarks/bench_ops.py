@@ -10,21 +10,20 @@ evaluation/results/). Before timing, it checks that both paths agree (outputs an
     python -m evaluation.benchmarks.bench_ops --seq-len 512 --repeats 5
 """
 
-import matplotlib
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
-from hope_hf.ops import (  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf.ops import (
     chunk_self_referential_gated_delta_rule,
     naive_self_referential_gated_delta_rule,
     state_width,
 )
 
 KERNELS = {"reference": naive_self_referential_gated_delta_rule, "chunked": chunk_self_referential_gated_delta_rule}
+
+plt = pyplot()
 
 
 def make_inputs(B, T, H, d):

@@ -14,19 +14,18 @@ Writes outputs/bench_titans_paths.json and .png (--commit-results: evaluation/re
     python -m evaluation.benchmarks.bench_titans_paths --threads 1 --output evaluation/results/bench_titans_paths_1thread.json
 """
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM
+from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width
+from hope_hf.ops.self_referential.chunk import delta_rule_chunk
+from hope_hf.ops.self_referential.common import scan_chunks
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
-from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
-from hope_hf.ops import chunk_self_referential_gated_delta_rule, state_width  # noqa: E402
-from hope_hf.ops.self_referential.chunk import delta_rule_chunk  # noqa: E402
-from hope_hf.ops.self_referential.common import scan_chunks  # noqa: E402
+plt = pyplot()
 
 
 def autograd_path(u, q, b_eta, b_alpha, state, chunk_size):

@@ -10,15 +10,14 @@ log-log slope (1.0 = linear, 2.0 = quadratic). Writes outputs/bench_titans_scali
     python -m evaluation.benchmarks.bench_titans_scaling --seq-lens 512 1024 2048 --repeats 3
 """
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
+from hope_hf import HopeConfig, HopeForCausalLM
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved  # noqa: E402
-from hope_hf import HopeConfig, HopeForCausalLM  # noqa: E402
+plt = pyplot()
 
 
 def main(argv=None):

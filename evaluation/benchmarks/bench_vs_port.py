@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from evaluation.lib.timing import benchmark_parser, results_file, save_figure, start, time_interleaved
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
 from hope_hf import HopeConfig, HopeForCausalLM, InContextLearner
 
 PAIRS = {"titans": "pilot_selfmod", "attention": "pilot_attention"}  # hope_hf mixer -> the port's config
@@ -267,10 +268,7 @@ def port_commit(port_path: Path) -> str | None:
 
 
 def plot(pairs: list[dict], json_path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     labels, ratios, colors = [], [], []

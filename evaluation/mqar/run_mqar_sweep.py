@@ -4,36 +4,35 @@ mixer, one panel per (sequence length, kv pairs). Every mixer sits in the same H
 learning rate. A sanity check runs first: attention must reach --sanity-accuracy in the
 sanity setting, otherwise the script refuses to compare (exit status 2).
 
-    python evaluation/mqar/run_mqar_sweep.py                   # the README's sweep (1 CPU thread)
-    python evaluation/mqar/run_mqar_sweep.py --variants titans titans_init_std_0.1 --widths 64
-    python evaluation/mqar/run_mqar_sweep.py --resume --variants titans --widths 128 --seeds 1 2   # add runs to the JSON
+    python -m evaluation.mqar.run_mqar_sweep                   # the README's sweep (1 CPU thread)
+    python -m evaluation.mqar.run_mqar_sweep --variants titans titans_init_std_0.1 --widths 64
+    python -m evaluation.mqar.run_mqar_sweep --resume --variants titans --widths 128 --seeds 1 2   # add runs to the JSON
 
 Variants: the mixers of hope_hf.evaluation.mqar.MIXER_VARIANTS (attention, gated_deltanet,
 titans, titans_static, hybrid) and the titans ablations of ABLATIONS below (one change each).
-Writes evaluation/results/mqar_sweep.json (command, durations, every run with its eval curve)
-and mqar_sweep.png (accuracy vs width) beside it.
+Writes outputs/mqar_sweep.json (evaluation/results/ with --commit-results; the results header,
+the sanity run, the best run per cell and every run with its eval curve) and mqar_sweep.png
+(accuracy vs width) beside it.
 """
 
 import argparse
 import json
 import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from evaluation.lib.plots import pyplot, save_figure
+from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
+from evaluation.lib.sweep import grid
+from hope_hf import HopeConfig
+from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, mqar_model_config, train_mqar
 
-from hope_hf import HopeConfig  # noqa: E402
-from hope_hf.evaluation.mqar import MIXER_VARIANTS, MQARTask, mqar_model, mqar_model_config, train_mqar  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OUTPUT = ROOT / "evaluation" / "results" / "mqar_sweep.json"
+NAME = "mqar_sweep"
+# a resumed sweep may ask for other cells (and reuse or merge sanity runs); the rest must agree
+VARYING = ("variants", "widths", "ablation_widths", "tasks", "learning_rates", "steps", "plot_steps", "seeds",
+           "sanity_from", "merge_from", "threads", "commit_results", "sanity_accuracy")
 
 NO_TITANS = ("attention", "gated_deltanet")  # mixers without a titans layer (no titans init to record)
 
@@ -90,13 +89,11 @@ def parse_args(argv=None):
     parser.add_argument("--sanity-accuracy", type=float, default=0.99)
     parser.add_argument("--sanity-from", type=Path, default=None,
                         help="reuse the sanity run recorded in this sweep JSON (same settings required) instead of rerunning it")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the sweep in --output: keep its sanity run and runs, skip the cells it has")
     parser.add_argument("--merge-from", type=Path, default=None,
                         help="with --resume: add the runs of another sweep's JSON (e.g. one run in parallel with its own "
                              "--output), with its command and duration, before running the requested cells")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON path; the PNG goes beside it")
+    add_output_arguments(parser, NAME)  # --resume: keep the output's sanity run and runs, skip the cells it has
     return parser.parse_args(argv)
 
 
@@ -153,7 +150,7 @@ def best_by_cell(runs: list[dict]) -> dict:
 
 def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
     """Accuracy vs width, one line per variant through the mean over seeds (runs of ``steps``), a dot per seed."""
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     runs = {key: run for key, run in best.items() if key[4] == steps}
     for ax, (seq_len, pairs) in zip(axes[0], tasks):
         variants = list(dict.fromkeys(key[0] for key in runs))
@@ -183,100 +180,104 @@ def plot(best: dict, tasks, steps: int, title: str, path: Path) -> None:
             legend.setdefault(name, handle)
     axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def recorded_sanity(args, width: int, seq_len: int, pairs: int, learning_rate: float) -> dict:
-    """The sanity run of an earlier sweep, if it was made with the settings asked for now."""
-    sanity = json.loads(args.sanity_from.read_text())["sanity"]
-    asked = dict(width=width, seq_len=seq_len, num_kv_pairs=pairs, learning_rate=learning_rate, steps=args.sanity_steps)
+def recorded_sanity(sanity: dict, source, width: int, seq_len: int, pairs: int, learning_rate: float,
+                    steps: int) -> dict:
+    """The sanity run of an earlier sweep (``source``), if it was made with the settings asked for now."""
+    asked = dict(width=width, seq_len=seq_len, num_kv_pairs=pairs, learning_rate=learning_rate, steps=steps)
     if any(sanity[key] != value for key, value in asked.items()):
-        raise SystemExit(f"--sanity-from {args.sanity_from}: its sanity run does not match {asked}")
-    return {**sanity, "reused_from": str(args.sanity_from)}
+        raise SystemExit(f"--sanity-from {source}: its sanity run does not match {asked}")
+    return {**sanity, "reused_from": str(source)}
 
 
-def write_report(report: dict, args, started: float) -> None:
+def best_rows(runs: list[dict]) -> list[dict]:
+    return [{"variant": v, "seq_len": s, "num_kv_pairs": p, "width": w, "seed": seed, "accuracy": r["accuracy"],
+             "learning_rate": r["learning_rate"], "steps": steps, "steps_run": r["steps_run"]}
+            for (v, s, p, w, steps, seed), r in best_by_cell(runs).items()]
+
+
+def write_report(results: ResultsFile, args) -> None:
     """The JSON (every run, the best per cell, the duration so far) and the PNG."""
-    best = best_by_cell(report["runs"])
-    report["best"] = [{"variant": v, "seq_len": s, "num_kv_pairs": p, "width": w, "seed": seed, "accuracy": r["accuracy"],
-                       "learning_rate": r["learning_rate"], "steps": steps, "steps_run": r["steps_run"]}
-                      for (v, s, p, w, steps, seed), r in best.items()]
-    report["duration_s"] = round(time.time() - started, 1)
-    report["load_average"] = os.getloadavg()
-    args.output.write_text(json.dumps(report, indent=1))
-    tasks = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in report["runs"]}) or args.tasks
-    plot(best, tasks, args.plot_steps,
+    results.save(best=best_rows(results.runs))
+    tasks = sorted({(r["seq_len"], r["num_kv_pairs"]) for r in results.runs}) or args.tasks
+    plot(best_by_cell(results.runs), tasks, args.plot_steps,
          f"MQAR, best lr per run, <= {args.plot_steps} steps of batch {args.batch_size}; line: mean over seeds",
-         args.output.with_suffix(".png"))
+         results.path.with_suffix(".png"))
+
+
+def merge(results: ResultsFile, other_path: Path, command: str) -> None:
+    """Add the runs of another sweep's JSON whose cells ``results`` lacks, with its command and duration."""
+    other = json.loads(other_path.read_text())
+    known = {cell_of(r) for r in results.runs}
+    results.runs += [r for r in other["runs"] if cell_of(r) not in known]
+    results.command = " ; ".join([results.command.rsplit(" ; ", 1)[0], other["command"], command])
+    results.earlier_duration += other["duration_s"]
+
+
+def sweep_cells(args) -> list[dict]:
+    """The sweep's cells in order (learning rates innermost); ablations only at --ablation-widths."""
+    cells = grid(seed=args.seeds or [args.seed], task=args.tasks, width=args.widths, variant=args.variants,
+                 learning_rate=args.learning_rates)
+    return [c for c in cells if c["variant"] not in ABLATIONS or c["width"] in args.ablation_widths]
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    started = time.time()
-    command = "python evaluation/mqar/run_mqar_sweep.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("evaluation.mqar.run_mqar_sweep", argv)
+    settings = {**vars(args), "tasks": [f"{s}x{p}" for s, p in args.tasks]}
+    settings.pop("output")
+    path = output_path(args, NAME)
+    resumed = args.resume and path.exists()
+    if args.merge_from is not None and not resumed:
+        raise SystemExit("--merge-from needs --resume and an existing --output to merge into")
+    results = ResultsFile(path, command, settings, resume=args.resume, varying=VARYING)
 
-    width, seq_len, pairs, lr = args.sanity
-    previous = json.loads(args.output.read_text()) if args.resume and args.output.exists() else None
-    if previous is not None:
-        args.sanity_from = args.output
-    if args.sanity_from is None:
-        sanity = train_cell(args, "attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
+    width, seq_len, pairs, lr = int(args.sanity[0]), int(args.sanity[1]), int(args.sanity[2]), args.sanity[3]
+    if resumed:  # the output's own sanity run
+        sanity = recorded_sanity(results.fields["sanity"], path, width, seq_len, pairs, lr, args.sanity_steps)
+    elif args.sanity_from is not None:
+        sanity = recorded_sanity(json.loads(args.sanity_from.read_text())["sanity"], args.sanity_from, width, seq_len,
+                                 pairs, lr, args.sanity_steps)
     else:
-        sanity = recorded_sanity(args, int(width), int(seq_len), int(pairs), lr)
+        sanity = train_cell(args, "attention", width, seq_len, pairs, lr, args.sanity_steps, args.seed)
     sanity["passed"] = sanity["accuracy"] >= args.sanity_accuracy
-    report = {"command": command, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
-              "platform": platform.platform(), "torch": torch.__version__, "sanity": sanity, "runs": []}
-    report["settings"]["tasks"] = [f"{s}x{p}" for s, p in args.tasks]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    results.save(sanity=sanity)
     if not sanity["passed"]:
-        report["duration_s"] = round(time.time() - started, 1)
-        args.output.write_text(json.dumps(report, indent=1))
         print(f"sanity check failed: attention reached {sanity['accuracy']:.3f} < {args.sanity_accuracy} "
-              f"(width {width:g}, {seq_len:g}x{pairs:g}, lr {lr:g}, {args.sanity_steps} steps); not comparing")
+              f"(width {width}, {seq_len}x{pairs}, lr {lr:g}, {args.sanity_steps} steps); not comparing")
         raise SystemExit(2)
 
-    if previous is not None:  # every invocation's command and duration stay on record
-        report["runs"] = previous["runs"]
-        report["command"] = previous["command"] + " ; " + command
-        started -= previous["duration_s"]
     if args.merge_from is not None:
-        if previous is None:
-            raise SystemExit("--merge-from needs --resume and an existing --output to merge into")
-        other = json.loads(args.merge_from.read_text())
-        known = {cell_of(r) for r in report["runs"]}
-        report["runs"] += [r for r in other["runs"] if cell_of(r) not in known]
-        report["command"] = " ; ".join([previous["command"], other["command"], command])
-        started -= other["duration_s"]
-    done = {cell_of(r) for r in report["runs"]}
-    sanity_key = ("attention", int(width), int(seq_len), int(pairs), lr, args.sanity_steps, args.seed)
-    for seed in args.seeds or [args.seed]:
-        for seq_len, pairs in args.tasks:
-            for width in args.widths:
-                for variant in args.variants:
-                    if variant in ABLATIONS and width not in args.ablation_widths:
-                        continue
-                    for learning_rate in args.learning_rates:
-                        cell = (variant, width, seq_len, pairs, learning_rate, args.steps, seed)
-                        if cell in done:
-                            continue
-                        if cell == sanity_key:
-                            run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
-                        else:
-                            run = train_cell(args, variant, width, seq_len, pairs, learning_rate, args.steps, seed)
-                        report["runs"].append(run)
-                        write_report(report, args, started)  # progress survives an interruption
-                        if run["accuracy"] >= args.stop_accuracy:
-                            break
-    write_report(report, args, started)
+        merge(results, args.merge_from, command)
+    done = {cell_of(r) for r in results.runs}
+    sanity_key = ("attention", width, seq_len, pairs, lr, args.sanity_steps, args.seed)
+    solved = set()  # (seed, task, width, variant) once a learning rate reached --stop-accuracy
+    for cell in sweep_cells(args):
+        (seq, kv), group = cell["task"], (cell["seed"], cell["task"], cell["width"], cell["variant"])
+        key = (cell["variant"], cell["width"], seq, kv, cell["learning_rate"], args.steps, cell["seed"])
+        if group in solved or key in done:
+            continue
+        if key == sanity_key:
+            run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
+        else:
+            run = train_cell(args, cell["variant"], cell["width"], seq, kv, cell["learning_rate"], args.steps,
+                             cell["seed"])
+        results.add(run)
+        write_report(results, args)  # progress survives an interruption
+        if run["accuracy"] >= args.stop_accuracy:
+            solved.add(group)
+    write_report(results, args)
 
+    report = json.loads(results.path.read_text())
     print(f"\nsanity: attention {sanity['accuracy']:.3f} at step {sanity['steps_run']}")
     print(f"{'variant':<22} {'task':>7} {'width':>6} {'seed':>4} {'acc':>6} {'lr':>7} {'steps':>6}")
     for row in report["best"]:
         print(f"{row['variant']:<22} {row['seq_len']:>4}x{row['num_kv_pairs']:<2} {row['width']:>6} {row['seed']:>4} "
               f"{row['accuracy']:>6.3f} {row['learning_rate']:>7g} {row['steps_run']:>6}")
-    print(f"{report['duration_s']:.0f} s; wrote {args.output} and {args.output.with_suffix('.png')}")
+    print(f"{report['duration_s']:.0f} s; wrote {results.path} and {results.path.with_suffix('.png')}")
     return report
 
 

@@ -23,11 +23,11 @@ default, the filler stays 0 (no random tokens). Labels follow the Hugging Face c
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+
+from ..training.loop import train_steps, warmup_cosine
 
 IGNORE_INDEX = -100
 FILLER_TOKEN = 0
@@ -195,22 +195,15 @@ def evaluate_mqar(model, input_ids: torch.Tensor, labels: torch.Tensor, batch_si
     return {"loss": loss_sum / answers, "accuracy": correct / answers}
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to 10%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 32, learning_rate: float = 3e-3,
                weight_decay: float = 0.1, eval_every: int = 25, eval_examples: int = 256, seed: int = 0,
                progress: bool = True, description: str = "mqar", stop_at_accuracy: float | None = None) -> dict:
     """Train ``make_model()`` (a fresh model; a HopeConfig also works) on fresh MQAR batches with
-    AdamW (warm-up + cosine, gradients clipped at 1); evaluate on ``eval_examples`` held-out
-    sequences (their own generator) at step 0, every ``eval_every`` steps and at the end.
-    ``stop_at_accuracy`` ends training early once an evaluation reaches it. Deterministic for a
-    seed. Returns the train loss per step and the eval points [{"step", "loss", "accuracy"}, ...]."""
+    AdamW (warm-up + cosine, gradients clipped at 1) on ``hope_hf.training.train_steps``; evaluate
+    on ``eval_examples`` held-out sequences (their own generator) at step 0, every ``eval_every``
+    steps and at the end. ``stop_at_accuracy`` ends training early once an evaluation reaches it
+    (a non-finite training loss ends it at once). Deterministic for a seed. Returns the train loss
+    per step and the eval points [{"step", "loss", "accuracy"}, ...]."""
     from hope_hf import HopeConfig, HopeForCausalLM
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
@@ -219,30 +212,23 @@ def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 3
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     torch.manual_seed(seed)
     model = HopeForCausalLM(make_model) if isinstance(make_model, HopeConfig) else make_model()
-    model.train()
     train_generator = torch.Generator().manual_seed(seed)
     held_out = make_mqar_batch(task, eval_examples, torch.Generator().manual_seed(seed + 1_000_003))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, max(1, steps // 10)))
 
-    train_loss, evals = [], [{"step": 0, **evaluate_mqar(model, *held_out)}]
-    bar = tqdm(range(1, steps + 1), desc=description, disable=not progress)
-    for step in bar:
+    def backward(step: int) -> torch.Tensor:
         input_ids, labels = make_mqar_batch(task, batch_size, train_generator)
         loss = model(input_ids, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_loss.append(loss.item())
-        if step % eval_every == 0 or step == steps:
-            evals.append({"step": step, **evaluate_mqar(model, *held_out)})
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{evals[-1]['accuracy']:.3f}")
-            if stop_at_accuracy is not None and evals[-1]["accuracy"] >= stop_at_accuracy:
-                break
-    return {"task": asdict(task), "train_loss": train_loss, "eval": evals, "final_accuracy": evals[-1]["accuracy"],
-            "steps_run": len(train_loss), "num_parameters": sum(p.numel() for p in model.parameters())}
+        return loss.detach()
+
+    run = train_steps(model, [optimizer], backward, steps, evaluate=lambda: evaluate_mqar(model, *held_out),
+                      eval_every=eval_every, lr_factor=lambda s: warmup_cosine(s, steps, max(1, steps // 10)),
+                      max_grad_norm=1.0, description=description, progress=progress,
+                      stop=None if stop_at_accuracy is None else lambda e: e["accuracy"] >= stop_at_accuracy)
+    evals = run["evaluations"]
+    return {"task": asdict(task), "train_loss": run["train_loss"], "eval": evals, "final_accuracy": evals[-1]["accuracy"],
+            "steps_run": run["steps_run"], "num_parameters": sum(p.numel() for p in model.parameters())}
 
 
 __all__ = ["MIXER_VARIANTS", "MQARTask", "answer_accuracy", "copy_answers", "elimination_answers", "evaluate_mqar",
