@@ -13,8 +13,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf.data import sample_text_path
+from hope_hf.modeling.llama_loading import load_plain_llama
 from hope_hf.training import train_bpe_tokenizer
-from hope_hf.training.continual import load_plain_llama, perplexity
+from hope_hf.training.continual import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("run_forgetting", ROOT / "evaluation" / "continual" / "run_forgetting.py")

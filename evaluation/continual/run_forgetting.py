@@ -44,13 +44,11 @@ from tqdm.auto import tqdm
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from hope_hf.data import smollm2_gguf_path
+from hope_hf.modeling.llama_loading import is_llama_cms_dir, load_plain_llama, load_tokenizer
 from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
 from hope_hf.training import TrainingConfig, train
 from hope_hf.training.continual import (
     held_out_curves,
-    is_llama_cms_dir,
-    load_plain_llama,
-    load_tokenizer,
     perplexity,
     retrofit_with_fast_level,
     train_only_new_levels,
