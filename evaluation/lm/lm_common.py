@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import M3, HopeConfig, HopeForCausalLM
-from hope_hf.evaluation.gated_deltanet import use_gated_deltanet
+from hope_hf.modeling.gated_deltanet_baseline import use_gated_deltanet
 from hope_hf.optim.cms_schedule import CMSSchedule
 from hope_hf.training import train_bpe_tokenizer
 
