@@ -350,3 +350,40 @@ def test_cache_drop_padding_after_leaves_the_cache_of_the_unpadded_row(name):
         torch.testing.assert_close(cache_tensors(cache)[k], t, atol=1e-5, rtol=0, msg=k)
     continued = model(more, attention_mask=torch.ones(1, 9, dtype=torch.long), cache=cache, use_cache=True).logits
     torch.testing.assert_close(continued, model(more, cache=alone, use_cache=True).logits, atol=1e-5, rtol=0)
+
+
+LAYERS = ["ops", "configuration", "modeling", "optim", "training"]  # each may import only those before it
+FORBIDDEN = {package: set(LAYERS[i + 1 :]) | {"test_time", "evaluation"} for i, package in enumerate(LAYERS)}
+FORBIDDEN["training"] = {"evaluation"}
+FORBIDDEN["test_time"] = {"training", "evaluation"}  # test_time: modeling and optim
+
+
+def test_subpackages_import_only_the_layers_below_them():
+    """ops <- configuration <- modeling <- optim <- training; test_time imports modeling and optim,
+    never training; modeling never imports test_time (every import, module level or not)."""
+    import ast
+    from pathlib import Path
+
+    import hope_hf
+
+    root = Path(hope_hf.__file__).parent
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        package = parts[0] if len(parts) > 1 else None
+        if package is None:
+            continue
+        forbidden = FORBIDDEN.get(package, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the module's package
+                    base = list(parts[:-1])[: len(parts) - node.level]
+                    target = base + (node.module.split(".") if node.module else [])
+                else:
+                    target = node.module.split(".")[1:] if node.module.split(".")[0] == "hope_hf" else []
+                names = [target] if target else []
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1:] for a in node.names if a.name.split(".")[0] == "hope_hf"]
+            else:
+                continue
+            for target in names:
+                assert not target or target[0] not in forbidden, f"{path.relative_to(root)} imports hope_hf.{'.'.join(target)}"
