@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hope_hf", "hope_hf.*"]),
-    package_data={"hope_hf": ["data/*.txt"]},
+    package_data={"hope_hf": ["data/*.txt"], "hope_hf.evaluation.tasks": ["*.yaml", "data/*.jsonl"]},
     python_requires=">=3.10",
     install_requires=[
         # A range that an installed torch already satisfies, so pip never replaces it.

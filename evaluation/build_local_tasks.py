@@ -1,7 +1,8 @@
-"""Build the data of the offline lm-eval tasks (evaluation/tasks/*.yaml) from the text shipped in
-hope_hf/data, deterministically: the same input text always gives byte-identical files.
+"""Build the data of the offline lm-eval tasks (hope_hf/evaluation/tasks/*.yaml, package data) from
+the text shipped in hope_hf/data, deterministically: the same input text always gives
+byte-identical files.
 
-    python evaluation/build_local_tasks.py                    # writes evaluation/tasks/data/*.jsonl
+    python evaluation/build_local_tasks.py                    # writes hope_hf/evaluation/tasks/data/*.jsonl
     python evaluation/build_local_tasks.py --output-dir DIR   # somewhere else (tests build twice and compare)
 
 Every task uses only the HELD-OUT chapters of the shipped text: the documents that the training
@@ -28,9 +29,10 @@ import re
 from pathlib import Path
 
 from hope_hf.data import sample_text_path
+from hope_hf.evaluation.lm_eval_entry import LOCAL_TASKS_DIR
 from hope_hf.training.data import load_documents
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+TASKS_DIR = LOCAL_TASKS_DIR  # hope_hf/evaluation/tasks of the hope_hf imported
 DEFAULT_OUTPUT_DIR = TASKS_DIR / "data"
 EVAL_FRACTION = 0.05  # hope_hf.training.build_datasets' defaults: the held-out documents of training
 SPLIT_SEED = 0

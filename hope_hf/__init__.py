@@ -8,7 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration import HopeConfig, LlamaCMSConfig
 from .modeling import HopeForCausalLM, HopeModel, LlamaCMSForCausalLM, LlamaCMSModel
-from .optim import M3, CMSSchedule, InContextLearner
+from .optim import M3, CMSSchedule
+from .test_time import InContextLearner
 
 for _config, _model, _lm in [(HopeConfig, HopeModel, HopeForCausalLM), (LlamaCMSConfig, LlamaCMSModel, LlamaCMSForCausalLM)]:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)

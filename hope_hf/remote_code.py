@@ -25,6 +25,7 @@ HOPE_REMOTE_MODULES = {
     "hope_hf.remote_code": "hope_remote_code",
     "hope_hf.transformers_compat": "hope_transformers_compat",
     "hope_hf.configuration.configuration_llama_cms": "configuration_llama_cms",
+    "hope_hf.modeling.llama_loading": "llama_loading",
     "hope_hf.modeling.modeling_llama_cms": "modeling_llama_cms",
 }
 

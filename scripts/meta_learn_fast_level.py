@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct retrofitted as the main job does (one new fast level of 38
 at zero), or any Llama-CMS / Hope checkpoint (--model). Each outer step reads a batch of windows
 of --segments segments with InContextLearner (the inner loop: the level steps after every
 segment) and moves the level's initial weights along the first-order meta-gradient of the loss
-of segments 2..n (hope_hf.training.meta). Windows come from all but the last --held-out-tokens
+of segments 2..n (hope_hf.test_time.meta). Windows come from all but the last --held-out-tokens
 tokens of each text, which run_test_time_learning read until it moved to the test splits of
 evaluation/lib/corpora.py (those chapters lie inside these texts: not yet held out here).
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from hope_hf import InContextLearner
 from hope_hf.data import sample_text_path, smollm2_gguf_path
 from hope_hf.training.continual import load_model_and_tokenizer
-from hope_hf.training.meta import learning_parameters, meta_learning_step
+from hope_hf.test_time.meta import learning_parameters, meta_learning_step
 
 
 def parse_args(argv=None):

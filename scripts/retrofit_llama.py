@@ -12,10 +12,9 @@ code: it loads with `AutoModelForCausalLM.from_pretrained(dir)` after `import ho
 import argparse
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from hope_hf import LlamaCMSForCausalLM
 from hope_hf.data import smollm2_gguf_path
+from hope_hf.modeling.llama_loading import load_tokenizer
 from hope_hf.training.hub import SMOLLM2_HUB_ID, add_hub_arguments, finish_model_folder, model_card
 
 
@@ -25,12 +24,6 @@ def parse_level(text: str) -> dict:
         return {"name": name, "intermediate_size": int(size), "update_period": int(period)}
     except ValueError:
         raise argparse.ArgumentTypeError(f"--level must be NAME:INTERMEDIATE_SIZE:PERIOD, got {text!r}") from None
-
-
-def load_tokenizer(source: Path):
-    if source.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    return AutoTokenizer.from_pretrained(source)
 
 
 def level_table(model: LlamaCMSForCausalLM) -> str:

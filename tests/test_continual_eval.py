@@ -14,8 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from evaluation.continual import run_forgetting
 from evaluation.lib.results import HEADER
 from hope_hf.data import sample_text_path
+from hope_hf.modeling.llama_loading import load_plain_llama
 from hope_hf.training import train_bpe_tokenizer
-from hope_hf.training.continual import load_plain_llama, perplexity
+from hope_hf.training.continual import perplexity
 
 PERIOD = 3  # level 0's period in (b)
 LEVEL0 = (".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj.")

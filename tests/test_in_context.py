@@ -6,6 +6,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import InContextLearner, LlamaCMSForCausalLM
+from hope_hf.test_time.in_context import cache_rows, detach_cache
 from hope_hf.transformers_compat import CACHE_ARG, output_cache
 
 from helpers import CONFIGS, random_ids, tiny_model
@@ -90,6 +91,30 @@ def assert_same_cache(cache, expected):
         assert tensors, type(expected_layer).__name__
         for attr, value in tensors.items():
             torch.testing.assert_close(getattr(layer, attr), value, atol=1e-10, rtol=0, msg=attr)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cache_rows_leaves_the_batch_cache_as_it_was_and_detach_cuts_every_history(name):
+    """cache_rows copies rows out through the cache's own batch_select_indices (and crop /
+    HopeCache.drop_padding_after): the batch's cache, still being read, is not changed; and
+    detach_cache leaves no tensor with autograd history, for HopeCache and Llama-CMS's DynamicCache."""
+    model = MODELS[name]()
+    ids = random_ids(3, 9)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    cache = output_cache(model(ids, attention_mask=mask, use_cache=True))
+    tensors = lambda c: [t for layer in c.layers for t in (*[getattr(layer, a, None) for a in ("keys", "values")],
+                         *getattr(layer, "conv_states", {}).values(), *getattr(layer, "recurrent_states", {}).values())
+                         if t is not None]
+    before = [t.clone() for t in tensors(cache)]
+    assert any(t.grad_fn is not None for t in tensors(cache))
+    row = cache_rows(cache, torch.tensor([1]), length=6)
+    rest = cache_rows(cache, torch.tensor([0, 2]))
+    assert row.get_seq_length() == 6 and rest.get_seq_length() == 9
+    assert all(t.shape[0] == 1 for t in tensors(row)) and all(t.shape[0] == 2 for t in tensors(rest))
+    assert all(torch.equal(t, b) for t, b in zip(tensors(cache), before, strict=True))
+    assert detach_cache(cache) is cache
+    assert all(t.grad_fn is None for t in tensors(cache))
 
 
 def test_segment_losses_include_the_pair_across_each_boundary():

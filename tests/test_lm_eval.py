@@ -1,7 +1,7 @@
 """lm-evaluation-harness: the stock `lm_eval` CLI and our entry point (`hope-lm-eval`,
 `python -m hope_hf.evaluation.lm_eval_entry`) end to end on saved tiny Hope and Llama-CMS
-checkpoints, on the offline local tasks (evaluation/tasks), from a working directory outside the
-repository. The lm-eval runs are started together in the background (each spends ~20 s indexing
+checkpoints, on the offline local tasks (hope_hf/evaluation/tasks, package data), from a working
+directory outside the repository. The lm-eval runs are started together in the background (each spends ~20 s indexing
 lm-eval's 14k task YAMLs) and each test waits for the one it checks."""
 
 import importlib.util
@@ -24,7 +24,7 @@ from hope_hf.evaluation import lm_eval_entry
 from hope_hf.training.tokenizer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS_DIR = ROOT / "evaluation" / "tasks"
+TASKS_DIR = ROOT / "hope_hf" / "evaluation" / "tasks"  # package data
 BIN = Path(sys.executable).parent
 LIMIT = 2
 LOCAL_TASKS = {
@@ -171,6 +171,22 @@ def test_entry_point_parses_exactly_lm_evals_arguments(monkeypatch):
     assert given.include_path == [str(TASKS_DIR), "mine"]  # the user's tasks win a name clash
     with pytest.raises(SystemExit):
         lm_eval_entry.parse_args(["run", "--no_such_option", "1"])
+
+
+def test_local_tasks_are_package_data():
+    """The entry point finds the tasks inside the package, and setup.py ships every file of them."""
+    import ast
+
+    assert lm_eval_entry.LOCAL_TASKS_DIR == TASKS_DIR
+    setup = ast.parse((ROOT / "setup.py").read_text())
+    [package_data] = [k.value for node in ast.walk(setup) if isinstance(node, ast.Call) for k in node.keywords
+                      if k.arg == "package_data"]
+    globs = ast.literal_eval(package_data)["hope_hf.evaluation.tasks"]
+    files = [p.relative_to(TASKS_DIR) for p in TASKS_DIR.rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert {p.suffix for p in files} == {".yaml", ".jsonl"} and len(files) == 6
+    for path in files:
+        assert any(path.match(glob) for glob in globs), path
 
 
 def load_builder():

@@ -1,10 +1,10 @@
-"""First-order meta-learning of the test-time levels (hope_hf.training.meta)."""
+"""First-order meta-learning of the test-time levels (hope_hf.test_time.meta)."""
 
 import pytest
 import torch
 
 from hope_hf import InContextLearner
-from hope_hf.training.meta import learning_parameters, meta_learning_step
+from hope_hf.test_time.meta import learning_parameters, meta_learning_step
 
 from helpers import random_ids, tiny_model
 

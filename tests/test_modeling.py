@@ -236,3 +236,154 @@ def test_left_padded_generation_continues_rows_at_different_phases():
         for b, row in enumerate(rows):
             alone = model(torch.cat([row, more[b : b + 1]], 1), use_cache=False).logits[0, -5:]
             torch.testing.assert_close(logits[b], alone, atol=1e-4, rtol=0)
+
+
+
+def cache_tensors(cache) -> dict:
+    """Every tensor a HopeCache holds, by name (keys/values, conv/recurrent states, tokens seen per row)."""
+    tensors = {"row_tokens_seen": cache.row_tokens_seen}
+    for i, layer in enumerate(cache.layers):
+        for attr in ("keys", "values"):
+            if getattr(layer, attr, None) is not None:
+                tensors[f"{i}.{attr}"] = getattr(layer, attr)
+        for attr in ("conv_states", "recurrent_states"):
+            for k, t in getattr(layer, attr, {}).items():
+                tensors[f"{i}.{attr}.{k}"] = t
+    return tensors
+
+
+def left_padded_batch(lengths=(9, 6, 3)):
+    """A left-padded batch whose rows end at different chunk phases, and its mask."""
+    width = max(lengths)
+    batch = torch.cat([torch.cat([torch.zeros(1, width - n, dtype=torch.long), random_ids(1, n)], 1) for n in lengths])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - n for n in lengths])[:, None]).long()
+    return batch, mask
+
+
+def prefill(model, batch, mask):
+    return output_cache(model(batch, attention_mask=mask, use_cache=True))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@torch.no_grad()
+def test_cache_batch_select_and_repeat_move_every_state(name):
+    """batch_select_indices / batch_repeat_interleave act on every tensor of the cache (the titans
+    layers' conv and recurrent states and the tokens seen per row too), and the cache they leave
+    continues its rows as the whole batch's cache does."""
+    model = tiny_model(**CONFIGS[name])
+    batch, mask = left_padded_batch()
+    more = random_ids(3, 5)
+    full_mask = torch.cat([mask, torch.ones(3, 5, dtype=torch.long)], 1)
+    whole = prefill(model, batch, mask)
+    before = {k: t.clone() for k, t in cache_tensors(whole).items()}
+    assert any("recurrent" in k or "keys" in k for k in before)
+    expected = model(more, attention_mask=full_mask, cache=whole, use_cache=True).logits
+
+    pick = torch.tensor([2, 0])
+    selected = prefill(model, batch, mask)
+    selected.batch_select_indices(pick)
+    after = cache_tensors(selected)
+    assert after.keys() == before.keys()
+    for k, t in before.items():
+        assert torch.equal(after[k], t[pick]), k
+    logits = model(more[pick], attention_mask=full_mask[pick], cache=selected, use_cache=True).logits
+    torch.testing.assert_close(logits, expected[pick], atol=1e-5, rtol=0)
+
+    repeated = prefill(model, batch, mask)
+    repeated.batch_repeat_interleave(2)
+    after = cache_tensors(repeated)
+    assert after.keys() == before.keys()
+    for k, t in before.items():
+        assert torch.equal(after[k], t.repeat_interleave(2, dim=0)), k
+    logits = model(more.repeat_interleave(2, 0), attention_mask=full_mask.repeat_interleave(2, 0), cache=repeated,
+                   use_cache=True).logits
+    torch.testing.assert_close(logits, expected.repeat_interleave(2, 0), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cache_detach_cuts_the_history_of_every_state(name):
+    model = tiny_model(**CONFIGS[name])
+    batch, mask = left_padded_batch()
+    cache = prefill(model, batch, mask)  # with autograd on: the states carry the graph
+    grads = {k for k, t in cache_tensors(cache).items() if t.grad_fn is not None}
+    assert any("recurrent" in k for k in grads) or any("keys" in k for k in grads)
+    values = {k: t.clone() for k, t in cache_tensors(cache).items()}
+    assert cache.detach() is cache
+    for k, t in cache_tensors(cache).items():
+        assert t.grad_fn is None and not t.requires_grad, k
+        assert torch.equal(t, values[k]), k
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_beam_search_continues_from_a_selected_and_repeated_cache(name):
+    """A batch's cache cut to one row (batch_select_indices) and repeated for the beams
+    (batch_repeat_interleave; generate() does not expand a cache it is given): beam search on
+    the new tokens only finds the beams of beam search on the row's whole sequence."""
+    model = tiny_model(**CONFIGS[name])
+    rows, question = random_ids(2, 21), random_ids(1, 3)
+    with torch.no_grad():
+        cache = output_cache(model(rows, use_cache=True))
+    cache.batch_select_indices(torch.tensor([1]))
+    cache.batch_repeat_interleave(3)
+    kwargs = dict(max_new_tokens=5, do_sample=False, num_beams=3, num_return_sequences=3)
+    continued = model.generate(question, attention_mask=torch.ones(1, 24, dtype=torch.long), **{CACHE_ARG: cache}, **kwargs)
+    whole = model.generate(torch.cat([rows[1:], question], 1), **kwargs)
+    assert torch.equal(continued[:, 3:], whole[:, 24:])
+
+
+@pytest.mark.parametrize("name", ["titans", "attention", "hybrid"])
+@torch.no_grad()
+def test_cache_drop_padding_after_leaves_the_cache_of_the_unpadded_row(name):
+    """A right-padded row, cut out of its batch's cache and with the padding positions dropped,
+    continues as the cache of the row read alone (tokens seen, positions and every state)."""
+    model = tiny_model(**CONFIGS[name])
+    batch = random_ids(2, 9)
+    mask = torch.ones_like(batch)
+    mask[1, 5:] = 0
+    more = random_ids(1, 4)
+    cache = prefill(model, batch, mask)
+    cache.batch_select_indices(torch.tensor([1]))
+    cache.drop_padding_after(5)
+    alone = prefill(model, batch[1:, :5], None)
+    assert cache.get_seq_length() == alone.get_seq_length() == 5 and cache.positions_seen == 5
+    for k, t in cache_tensors(alone).items():
+        torch.testing.assert_close(cache_tensors(cache)[k], t, atol=1e-5, rtol=0, msg=k)
+    continued = model(more, attention_mask=torch.ones(1, 9, dtype=torch.long), cache=cache, use_cache=True).logits
+    torch.testing.assert_close(continued, model(more, cache=alone, use_cache=True).logits, atol=1e-5, rtol=0)
+
+
+LAYERS = ["ops", "configuration", "modeling", "optim", "training"]  # each may import only those before it
+FORBIDDEN = {package: set(LAYERS[i + 1 :]) | {"test_time", "evaluation"} for i, package in enumerate(LAYERS)}
+FORBIDDEN["training"] = {"evaluation"}
+FORBIDDEN["test_time"] = {"training", "evaluation"}  # test_time: modeling and optim
+
+
+def test_subpackages_import_only_the_layers_below_them():
+    """ops <- configuration <- modeling <- optim <- training; test_time imports modeling and optim,
+    never training; modeling never imports test_time (every import, module level or not)."""
+    import ast
+    from pathlib import Path
+
+    import hope_hf
+
+    root = Path(hope_hf.__file__).parent
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        package = parts[0] if len(parts) > 1 else None
+        if package is None:
+            continue
+        forbidden = FORBIDDEN.get(package, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the module's package
+                    base = list(parts[:-1])[: len(parts) - node.level]
+                    target = base + (node.module.split(".") if node.module else [])
+                else:
+                    target = node.module.split(".")[1:] if node.module.split(".")[0] == "hope_hf" else []
+                names = [target] if target else []
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1:] for a in node.names if a.name.split(".")[0] == "hope_hf"]
+            else:
+                continue
+            for target in names:
+                assert not target or target[0] not in forbidden, f"{path.relative_to(root)} imports hope_hf.{'.'.join(target)}"

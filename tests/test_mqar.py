@@ -10,7 +10,6 @@ import torch
 from evaluation.lib.results import HEADER
 from evaluation.mqar import run_mqar_sweep as sweep
 from hope_hf import HopeConfig, HopeForCausalLM
-from hope_hf.evaluation.gated_deltanet import GatedDeltaNetMixer, gated_delta_rule
 from hope_hf.evaluation.mqar import (
     IGNORE_INDEX,
     MIXER_VARIANTS,
@@ -25,6 +24,7 @@ from hope_hf.evaluation.mqar import (
     oracle_answers,
     train_mqar,
 )
+from hope_hf.modeling.gated_deltanet_baseline import GatedDeltaNetMixer, gated_delta_rule
 
 
 def test_batches_put_pairs_first_queries_later_and_answers_only_in_labels():

@@ -47,13 +47,11 @@ import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.data import smollm2_gguf_path
+from hope_hf.modeling.llama_loading import is_llama_cms_dir, load_plain_llama, load_tokenizer
 from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
 from hope_hf.training import TrainingConfig, evaluate, train
 from hope_hf.training.continual import (
     held_out_curves,
-    is_llama_cms_dir,
-    load_plain_llama,
-    load_tokenizer,
     retrofit_with_fast_level,
     train_only_new_levels,
 )

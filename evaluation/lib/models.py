@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hope_hf import HopeConfig, HopeForCausalLM
-from hope_hf.evaluation.gated_deltanet import use_gated_deltanet
+from hope_hf.modeling.gated_deltanet_baseline import use_gated_deltanet
 
 MODELS = ("llama", "gated_deltanet", "hope_titans", "hope_hybrid", "hope_attention")
 

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import hope_hf  # noqa: F401  (registers the Hope model types with the Auto classes)
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.data import smollm2_gguf_path
+from hope_hf.modeling.llama_loading import load_llama, load_tokenizer
 from hope_hf.evaluation.long_context import TASKS, evaluate, generate_examples, hf_answer_fn
 
 NAME = "niah_smollm2"
@@ -46,13 +47,9 @@ def parse_args(argv=None):
 
 
 def load_model_and_tokenizer(source: Path):
-    """fp32 model and tokenizer from a checkpoint directory or a GGUF file."""
-    if source.suffix == ".gguf":
-        kwargs = dict(pretrained_model_name_or_path=source.parent, gguf_file=source.name)
-    else:
-        kwargs = dict(pretrained_model_name_or_path=source)
-    model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(**kwargs)
+    """fp32 model and tokenizer from a checkpoint directory (any model type) or a Llama GGUF file."""
+    model = load_llama(source) if source.suffix == ".gguf" else AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    return model.float().eval(), load_tokenizer(source)
 
 
 def plot_heatmaps(report: dict, lengths: list[int], depths: list[float], title: str, path: Path) -> None:

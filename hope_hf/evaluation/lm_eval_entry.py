@@ -6,10 +6,10 @@
 Every argument and subcommand (`run`, `ls`, `validate`) is lm-eval's own. Two differences:
 * `import hope_hf` runs first, so model_type "hope" and "llama_cms" load through the Auto classes
   without `trust_remote_code` (with it, the checkpoint's own code copy is used, as with `lm_eval`);
-* the local tasks of this repository (evaluation/tasks/: hope_local_ppl_en, hope_local_ppl_es,
-  hope_local_lambada_en, tag hope_local) are on the task path: lm-eval's `--include_path` gets
-  them when it is not given, and a given one is searched after them (its tasks win on a name
-  clash). They exist in a source checkout (or an editable install) only.
+* the local tasks shipped in this package (hope_hf/evaluation/tasks/: hope_local_ppl_en,
+  hope_local_ppl_es, hope_local_lambada_en, tag hope_local) are on the task path: lm-eval's
+  `--include_path` gets them when it is not given, and a given one is searched after them (its
+  tasks win on a name clash).
 """
 
 import json
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hope_hf  # noqa: F401  (registers HopeConfig / LlamaCMSConfig with the Auto classes)
 
-LOCAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "tasks"
+LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # package data
 PROG = "hope-lm-eval"
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 def with_local_tasks(include_path, local_dir: Path = LOCAL_TASKS_DIR):
     """The --include_path value that adds local_dir to what the user gave (None, a path or a list)."""
     if not local_dir.is_dir():
-        logger.warning("local tasks not found at %s (not a source checkout): only lm-eval's tasks", local_dir)
+        logger.warning("local tasks not found at %s: only lm-eval's tasks", local_dir)
         return include_path
     if include_path is None:
         return str(local_dir)

@@ -33,7 +33,7 @@ IGNORE_INDEX = -100
 FILLER_TOKEN = 0
 
 # Mixers compared inside the same Hope block. gated_deltanet swaps the titans mixer for the
-# plain Gated DeltaNet of hope_hf.evaluation.gated_deltanet (an evaluation baseline).
+# plain Gated DeltaNet of hope_hf.modeling.gated_deltanet_baseline (a baseline, not part of Hope).
 MIXER_VARIANTS = {
     "attention": dict(mixer="attention"),
     "gated_deltanet": dict(mixer="titans"),
@@ -171,7 +171,7 @@ def mqar_model(variant: str, task: MQARTask, **config_fields):
     """A freshly initialised HopeForCausalLM for ``variant`` (see mqar_model_config)."""
     from hope_hf import HopeForCausalLM
 
-    from .gated_deltanet import use_gated_deltanet
+    from ..modeling.gated_deltanet_baseline import use_gated_deltanet
 
     model = HopeForCausalLM(mqar_model_config(variant, task, **config_fields))
     if variant == "gated_deltanet":

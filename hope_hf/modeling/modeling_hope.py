@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import (
     create_causal_mask,
@@ -91,7 +91,13 @@ class HopeCache(DynamicCache):
     """transformers' DynamicCache (LinearAttentionLayer for titans layers, K/V for attention
     layers) that also counts tokens: the positions seen, so that ``generate()`` works when every
     layer is recurrent, and the real tokens seen per row, which fix each row's place in its
-    memory chunk (rows of a left-padded batch differ)."""
+    memory chunk (rows of a left-padded batch differ).
+
+    Its batch methods (``reorder_cache``, ``batch_select_indices``, ``batch_repeat_interleave``)
+    move every state a row has: keys and values, the titans layers' conv and recurrent states
+    (which transformers' LinearAttentionLayer does not select or repeat itself) and the tokens
+    seen per row. They bind new tensors and never write into the old ones, so a shallow copy of
+    the cache and its layers can be selected without changing the original."""
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config=config, **kwargs)
@@ -118,6 +124,50 @@ class HopeCache(DynamicCache):
         super().reorder_cache(beam_idx)
         if self.row_tokens_seen is not None:
             self.row_tokens_seen = self.row_tokens_seen.index_select(0, beam_idx.to(self.row_tokens_seen.device))
+
+    def _map_rows(self, attention_method: str, fn, *args) -> None:
+        """Apply ``fn`` to every recurrent state and to the tokens seen per row; attention layers
+        apply their own ``attention_method(*args)``."""
+        for layer in self.layers:
+            if isinstance(layer, LinearAttentionCacheLayerMixin):
+                layer.conv_states = {i: None if t is None else fn(t) for i, t in layer.conv_states.items()}
+                layer.recurrent_states = {i: None if t is None else fn(t) for i, t in layer.recurrent_states.items()}
+            if isinstance(layer, CacheLayerMixin):
+                getattr(layer, attention_method)(*args)
+        if self.row_tokens_seen is not None:
+            self.row_tokens_seen = fn(self.row_tokens_seen)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows ``indices`` (in that order) of every state, in place."""
+        indices = torch.as_tensor(indices)
+        self._map_rows("batch_select_indices", lambda t: t[indices.to(t.device)], indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every batch row ``repeats`` times (row b becomes rows b*repeats .. b*repeats+repeats-1), in place."""
+        self._map_rows("batch_repeat_interleave", lambda t: t.repeat_interleave(repeats, dim=0), repeats)
+
+    def detach(self) -> "HopeCache":
+        """Cut the autograd history of every tensor held (keys, values, conv and recurrent states), in place."""
+        for layer in self.layers:
+            if isinstance(layer, LinearAttentionCacheLayerMixin):
+                layer.conv_states = {i: None if t is None else t.detach() for i, t in layer.conv_states.items()}
+                layer.recurrent_states = {i: None if t is None else t.detach() for i, t in layer.recurrent_states.items()}
+            if isinstance(layer, CacheLayerMixin) and layer.keys is not None:
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        if self.row_tokens_seen is not None:
+            self.row_tokens_seen = self.row_tokens_seen.detach()
+        return self
+
+    def drop_padding_after(self, length: int) -> None:
+        """Forget the positions from ``length`` on, which must have been padding (attention mask 0)
+        in every row, in place: attention layers keep the keys and values of the first ``length``
+        positions and ``positions_seen`` becomes ``length``. Recurrent states, which padding never
+        entered, and the tokens seen per row stay as they are. A sliding-window layer past its
+        window cannot give positions back (transformers' ``crop`` raises)."""
+        for layer in self.layers:
+            if isinstance(layer, CacheLayerMixin) and layer.get_seq_length() > length:
+                layer.crop(length - layer.get_seq_length())
+        self.positions_seen = min(self.positions_seen, length)
 
 
 class HopeTitansMixer(nn.Module):

@@ -4,9 +4,6 @@ so a Llama state dict loads key-for-key) and whose new levels start with zero do
 at initialisation the model computes exactly what the Llama computed (docs/design.md, "Llama + CMS").
 """
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -15,6 +12,7 @@ from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaMode
 
 from ..configuration.configuration_llama_cms import LlamaCMSConfig
 from ..remote_code import RemoteCodeMixin
+from .llama_loading import load_llama
 from .modeling_hope import ContinuumMemorySystem
 
 DEFAULT_NEW_LEVELS = (  # (name, fraction of the pretrained intermediate size, period)
@@ -132,36 +130,6 @@ class LlamaCMSForCausalLM(RemoteCodeMixin, LlamaCMSInitMixin, LlamaForCausalLM):
             warm_start_new_levels(model)
         model.generation_config = source.generation_config
         return model.eval()
-
-
-def load_llama(llama, gguf_file: str | None = None) -> LlamaForCausalLM:
-    """A LlamaForCausalLM from an object, a directory or a GGUF file (dequantised to fp32), with
-    clear errors."""
-    if isinstance(llama, nn.Module):
-        model_type = getattr(getattr(llama, "config", None), "model_type", None)
-        if model_type != "llama":
-            raise ValueError(f"from_llama needs a Llama model, got model_type {model_type!r} ({type(llama).__name__})")
-        return llama
-    path = Path(llama)
-    if not path.exists():
-        raise FileNotFoundError(f"no Llama checkpoint at {str(path)!r}")
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise ValueError(f"{str(path)!r} is a file but not a .gguf checkpoint")
-        path, gguf_file = path.parent, path.name
-    if gguf_file is None:
-        config_path = path / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"no config.json in {str(path)!r}")
-        model_type = json.loads(config_path.read_text()).get("model_type")
-        if model_type != "llama":
-            raise ValueError(f"{str(path)!r} holds a {model_type!r} checkpoint; from_llama needs model_type 'llama'")
-    loaded = LlamaForCausalLM.from_pretrained(path, gguf_file=gguf_file, dtype=torch.float32)
-    if loaded.config.model_type != "llama":
-        raise ValueError(f"{str(path)!r} holds a {loaded.config.model_type!r} checkpoint; from_llama needs 'llama'")
-    # Only the config and state dict are used, so a GGUF-loaded model (which refuses
-    # save_pretrained) never needs saving itself.
-    return loaded.eval()
 
 
 @torch.no_grad()

@@ -4,47 +4,17 @@ Shared by scripts/continual_pretrain.py (the main job) and
 evaluation/continual/run_forgetting.py (full fine-tune vs Llama-CMS strategies).
 """
 
-import copy
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..modeling.modeling_llama_cms import LlamaCMSForCausalLM, load_llama
+from ..modeling.llama_loading import is_llama_cms_dir, load_tokenizer
+from ..modeling.modeling_llama_cms import LlamaCMSForCausalLM
 from ..optim.cms_levels import is_cms_module
 from .trainer import collate
-
-
-def is_llama_cms_dir(source: Path) -> bool:
-    source = Path(source)
-    config = source / "config.json"
-    return source.is_dir() and config.exists() and json.loads(config.read_text()).get("model_type") == "llama_cms"
-
-
-def load_tokenizer(source: Path):
-    """The tokenizer of a checkpoint directory or of a GGUF file."""
-    source = Path(source)
-    if source.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    return AutoTokenizer.from_pretrained(source)
-
-
-def load_plain_llama(source: Path) -> LlamaForCausalLM:
-    """A LlamaForCausalLM (fp32) from a directory or a GGUF file. A GGUF-loaded model refuses
-    ``save_pretrained``, so its weights are copied into a plain LlamaForCausalLM."""
-    loaded = load_llama(source)
-    if getattr(loaded, "hf_quantizer", None) is None:
-        return loaded
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = LlamaForCausalLM(config).to(loaded.dtype)
-    plain.load_state_dict(loaded.state_dict())
-    plain.generation_config = copy.deepcopy(loaded.generation_config)
-    return plain.eval()
 
 
 def new_levels(new_level_size: int, slow_level_period: int = 0) -> list[dict]:
@@ -146,5 +116,5 @@ def plot_curves(losses: list, curves: dict, png, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["is_llama_cms_dir", "load_model_and_tokenizer", "load_plain_llama", "load_tokenizer", "new_level_parameter_ids", "new_levels",
+__all__ = ["load_model_and_tokenizer", "new_level_parameter_ids", "new_levels",
            "perplexity", "plot_curves", "retrofit_with_fast_level", "train_only_new_levels", "verdict"]

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.nn.utils.stateless import _reparametrize_module
+from transformers.cache_utils import DynamicLayer
 
+from ..modeling.modeling_hope import HopeCache
+from ..optim.cms_levels import find_cms_levels
 from ..transformers_compat import CACHE_ARG, output_cache
-from .cms_levels import find_cms_levels
 
 
 @dataclass
@@ -79,14 +81,14 @@ class _BatchReading:
             updates=pick(self.updates), losses=[self.losses[i] for i in keep.tolist()],
             moments={name: (m[keep], v[keep]) for name, (m, v) in self.moments.items()},
             meta_gradients=pick(self.meta_gradients),
-            cache=select_cache_rows(self.cache, keep), logits=[t[keep] for t in self.logits],
+            cache=cache_rows(self.cache, keep), logits=[t[keep] for t in self.logits],
         )
 
     def row_state(self, i: int, input_ids: torch.Tensor, length: int) -> ReadingState:
         """What reading row ``i`` (``length`` tokens, then padding) leaves behind."""
         return ReadingState(
             fast_weights={name: t[i] for name, t in self.fast_weights.items()},
-            cache=select_cache_rows(self.cache, torch.tensor([i]), length),
+            cache=cache_rows(self.cache, torch.tensor([i]), length),
             input_ids=input_ids,
             logits=torch.cat([t[i] for t in self.logits])[:length],
             segment_losses=self.losses[i],
@@ -296,18 +298,15 @@ class InContextLearner:
 
 
 def detach_cache(cache):
-    """Cut the autograd history of every tensor held by a transformers cache (in place)."""
+    """Cut the autograd history of every tensor ``cache`` holds, in place: ``HopeCache.detach``, or
+    for transformers' DynamicCache (Llama-CMS), whose layers hold keys and values only, theirs."""
+    if isinstance(cache, HopeCache):
+        return cache.detach()
     for layer in cache.layers:
-        for attr in ("keys", "values"):
-            tensor = getattr(layer, attr, None)
-            if isinstance(tensor, torch.Tensor):
-                setattr(layer, attr, tensor.detach())
-        for attr in ("conv_states", "recurrent_states"):
-            states = getattr(layer, attr, None)
-            if isinstance(states, dict):
-                for k, tensor in states.items():
-                    if isinstance(tensor, torch.Tensor):
-                        states[k] = tensor.detach()
+        if not isinstance(layer, DynamicLayer):
+            raise TypeError(f"InContextLearner reads with a HopeCache or a DynamicCache of key/value layers, got a {type(layer).__name__}")
+        if layer.keys is not None:
+            layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
     return cache
 
 
@@ -348,24 +347,19 @@ def per_row_linear_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
             del module.forward  # back to the class's forward
 
 
-def select_cache_rows(cache, rows: torch.Tensor, length: int | None = None):
-    """A copy of a transformers cache that holds only the batch ``rows``; with ``length``, the
-    attention keys and values keep only their first ``length`` positions (trailing padding cut)."""
+def cache_rows(cache, rows: torch.Tensor, length: int | None = None):
+    """A new cache with only the batch ``rows`` of ``cache``, which stays as it was; with ``length``,
+    only the first ``length`` positions, the rest being padding in every row kept. The cache's own
+    ``batch_select_indices`` and ``crop`` (HopeCache: ``drop_padding_after``) bind new tensors, so
+    they act on a shallow copy of the cache and its layers."""
     if cache is None:
         return None
     selected = copy.copy(cache)
-    selected.layers = []
-    for layer in cache.layers:
-        layer = copy.copy(layer)
-        for attr, value in list(vars(layer).items()):
-            if isinstance(value, dict):  # recurrent layers: conv_states, recurrent_states, flags
-                value = {k: v[rows] if isinstance(v, torch.Tensor) else v for k, v in value.items()}
-            elif attr in ("keys", "values") and isinstance(value, torch.Tensor) and value.dim() == 4:
-                value = value[rows, :, :length]
-            setattr(layer, attr, value)
-        selected.layers.append(layer)
-    if getattr(cache, "row_tokens_seen", None) is not None:
-        selected.row_tokens_seen = cache.row_tokens_seen[rows]
-    if length is not None and hasattr(cache, "positions_seen"):
-        selected.positions_seen = length
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    if length is not None:
+        if isinstance(selected, HopeCache):
+            selected.drop_padding_after(length)
+        elif selected.get_seq_length() > length:
+            selected.crop(length - selected.get_seq_length())
     return selected

@@ -1,6 +1,6 @@
-"""A plain Gated DeltaNet mixer (Yang et al. 2024) for evaluations: the peer baseline of the
-titans mixer on MQAR. Not a product feature: it is swapped into a Hope block in place of the
-mixer, so the comparison differs only in the mixer.
+"""Baseline model: a reference Gated DeltaNet mixer (Yang et al. 2024) used by the experiments
+(MQAR, the language-model comparison) as the peer of the titans mixer. Not part of Hope: it is
+swapped into a Hope block in place of the mixer, so a comparison differs only in the mixer.
 
 Per head: q, k, v from separate projections, each through a causal short conv and SiLU; q and k
 are l2-normalised; beta = sigmoid(W_b x), decay a = exp(g) with g = -exp(A_log) softplus(W_a x + dt_bias)

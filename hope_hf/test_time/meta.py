@@ -1,4 +1,4 @@
-"""First-order meta-learning of the CMS levels that learn at test time (issue 19).
+"""First-order meta-learning of the CMS levels that learn at test time.
 
 The inner loop is ``InContextLearner.read``: read a window segment by segment, the levels taking
 their steps. The outer loss is the mean next-token loss of every segment after the first, each
@@ -10,7 +10,7 @@ reading improves (first-order MAML).
 
 import torch
 
-from ..optim.in_context import InContextLearner
+from .in_context import InContextLearner
 
 
 def learning_parameters(learner: InContextLearner) -> dict[str, torch.nn.Parameter]:
