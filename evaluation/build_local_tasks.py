@@ -2,8 +2,8 @@
 the text shipped in hope_hf/data, deterministically: the same input text always gives
 byte-identical files.
 
-    python evaluation/build_local_tasks.py                    # writes hope_hf/evaluation/tasks/data/*.jsonl
-    python evaluation/build_local_tasks.py --output-dir DIR   # somewhere else (tests build twice and compare)
+    python -m evaluation.build_local_tasks                    # writes hope_hf/evaluation/tasks/data/*.jsonl
+    python -m evaluation.build_local_tasks --output-dir DIR   # somewhere else (tests build twice and compare)
 
 Every task uses only the HELD-OUT chapters of the shipped text: the documents that the training
 pipeline keeps out of training with its defaults (`hope_hf.training.build_datasets`,
@@ -119,10 +119,10 @@ def build(output_dir: Path = DEFAULT_OUTPUT_DIR) -> dict[str, int]:
     return {name: len(rows) for name, rows in files.items()}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name, count in build(args.output_dir).items():
         size = (args.output_dir / name).stat().st_size
         print(f"{args.output_dir / name}: {count} rows, {size:,} bytes")

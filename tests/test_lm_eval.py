@@ -4,7 +4,6 @@ checkpoints, on the offline local tasks (hope_hf/evaluation/tasks, package data)
 directory outside the repository. The lm-eval runs are started together in the background (each spends ~20 s indexing
 lm-eval's 14k task YAMLs) and each test waits for the one it checks."""
 
-import importlib.util
 import json
 import math
 import os
@@ -189,15 +188,8 @@ def test_local_tasks_are_package_data():
         assert any(path.match(glob) for glob in globs), path
 
 
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_local_tasks", ROOT / "evaluation" / "build_local_tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_build_local_tasks_is_deterministic_and_matches_the_committed_data(tmp_path):
-    builder = load_builder()
+    from evaluation import build_local_tasks as builder
     counts = builder.build(tmp_path / "a")
     builder.build(tmp_path / "b")
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
@@ -205,7 +197,7 @@ def test_build_local_tasks_is_deterministic_and_matches_the_committed_data(tmp_p
     for name in names:
         fresh = (tmp_path / "a" / name).read_bytes()
         assert fresh == (tmp_path / "b" / name).read_bytes(), name
-        assert fresh == (TASKS_DIR / "data" / name).read_bytes(), f"{name}: rerun python evaluation/build_local_tasks.py"
+        assert fresh == (TASKS_DIR / "data" / name).read_bytes(), f"{name}: rerun python -m evaluation.build_local_tasks"
     assert sum((TASKS_DIR / "data" / n).stat().st_size for n in names) < 300_000
     for line in (tmp_path / "a" / "lambada_en.jsonl").read_text().splitlines():
         context, target = json.loads(line)["text"].rsplit(" ", 1)

@@ -1,6 +1,6 @@
 """python -m evaluation.continual.run_test_time_learning with --hope: a saved Hope model reads the
 three documents (the corpora's test splits) with and without test-time updates, end to end on a
-tiny model (issue 19)."""
+tiny model."""
 
 import json
 

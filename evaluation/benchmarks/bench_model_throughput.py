@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from evaluation.lib.cli import add_options
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
 from hope_hf import HopeConfig, HopeForCausalLM
@@ -107,12 +108,7 @@ def profile_step(step, top=12):
 def main(argv=None):
     parser = benchmark_parser(__doc__, "bench_model_throughput", threads=2, repeats=5)
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--intermediate-size", type=int, default=688)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    add_options(parser, hidden_size=256, intermediate_size=688, layers=4, heads=4, vocab_size=8192, chunk_size=64)
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
     parser.add_argument("--with-autograd-path", action="store_true",
                         help="also time Hope with the chunk loop on the autograd path it had before ChunkScan")

@@ -13,6 +13,7 @@ evaluation/results/). Before timing, it checks that both paths agree (outputs an
 import torch
 import torch.nn.functional as F
 
+from evaluation.lib.cli import add_options
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
 from hope_hf.ops import (
@@ -57,11 +58,7 @@ def check_agreement(inputs, chunk_size):
 
 def main(argv=None):
     parser = benchmark_parser(__doc__, "bench_ops", threads=2, repeats=3)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    add_options(parser, batch=1, seq_len=2048, heads=4, head_dim=32, chunk_size=64)
     args = start(parser, argv)
     inputs = make_inputs(args.batch, args.seq_len, args.heads, args.head_dim)
 

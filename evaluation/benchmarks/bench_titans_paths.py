@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from evaluation.lib.cli import add_options
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.timing import benchmark_parser, results_file, start, time_interleaved
 from hope_hf import HopeConfig, HopeForCausalLM
@@ -93,10 +94,7 @@ def padded_batch_fns(mixer, lengths, T, with_cache, grad):
 
 def main(argv=None):
     parser = benchmark_parser(__doc__, "bench_titans_paths", threads=2, repeats=5)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    add_options(parser, seq_len=1024, hidden_size=256, heads=4, chunk_size=64)
     parser.add_argument("--prompt-len", type=int, default=48, help="padded length of the short batch of 8")
     parser.add_argument("--batch-seq-len", type=int, default=512, help="padded length of the long batch of 8")
     args = start(parser, argv)

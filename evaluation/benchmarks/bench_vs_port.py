@@ -281,7 +281,7 @@ def plot(pairs: list[dict], json_path: Path):
     ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_yscale("log")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.axhline(1.5, color="gray", linestyle="--", linewidth=0.8, label="issue 17 goal for titans training (1.5x)")
+    ax.axhline(1.5, color="gray", linestyle="--", linewidth=0.8, label="goal for titans training (1.5x, docs/benchmarks.md)")
     ax.set_xticks(range(len(ratios)), labels, fontsize=7)
     ax.set_ylabel("tokens/s, hope_hf / port (log)")
     ax.set_title("hope_hf vs the port: titans vs hope_selfmod (blue), attention vs hope_attention (orange)", fontsize=9)

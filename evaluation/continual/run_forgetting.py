@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
+from evaluation.lib.cli import add_options
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.data import smollm2_gguf_path
@@ -105,10 +106,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=domain_source, default="spanish", help="new domain (trained on)")
     parser.add_argument("--old-data", nargs="+", type=domain_source, default=["english", "code"],
                         help="old domains (never trained on: they measure forgetting)")
-    parser.add_argument("--max-steps", type=int, default=20)
-    parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--block-size", type=int, default=128)
+    add_options(parser, max_steps=20, warmup_steps=3, batch_size=2, block_size=128)
     parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain (the same every run)")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out perplexity of every domain every N steps")
     parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of each new level, (b), (c), (d)")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from evaluation.lib.cli import add_options
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from evaluation.lib.sweep import grid
@@ -40,8 +41,8 @@ NO_TITANS = ("attention", "gated_deltanet")  # mixers without a titans layer (no
 ABLATIONS = {
     "titans_init_std_0.1": dict(titans_memory_init_std=0.1),  # [initializer_range 0.02]: k != v at start
     "titans_init_std_0.3": dict(titans_memory_init_std=0.3),
-    "titans_decay_0.9": dict(titans_decay_init_min=0.9),  # [0.99 .. 0.999 over heads; 0.9 before issue 14]
-    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # the default since issue 14
+    "titans_decay_0.9": dict(titans_decay_init_min=0.9),  # [0.99 .. 0.999 over heads; 0.9 before the recall fix, docs/mqar.md]
+    "titans_decay_0.99": dict(titans_decay_init_min=0.99),  # the default since the recall fix
     "titans_eta_0.9": dict(titans_eta_init=0.9),  # [0.5 of eta_max]
     "titans_chunk_64": dict(titans_chunk_size=64),  # [16 here]
     "titans_chunk_4": dict(titans_chunk_size=4),
@@ -74,13 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--plot-steps", type=int, default=2000, help="the PNG shows the runs of this budget")
     parser.add_argument("--stop-accuracy", type=float, default=0.99, help="a run ends early once it evaluates at this")
-    parser.add_argument("--vocab-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--titans-chunk-size", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--eval-examples", type=int, default=256)
+    add_options(parser, vocab_size=128, num_layers=2, head_dim=32, titans_chunk_size=16, batch_size=32, eval_every=100,
+                eval_examples=256)
     parser.add_argument("--seed", type=int, default=0, help="the sanity run's seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds of the sweep's runs (default: --seed)")
     parser.add_argument("--sanity", nargs=4, type=float, default=[128, 64, 8, 1e-3], metavar=("WIDTH", "SEQ", "PAIRS", "LR"),
@@ -120,7 +116,7 @@ def train_cell(args, variant: str, width: int, seq_len: int, pairs: int, learnin
 
 def run_label(run: dict) -> str:
     """The cell a run belongs to: an ablation whose overrides are now HopeConfig's defaults counts as its
-    mixer (titans_decay_0.99 is titans since issue 14), and a run made with an initial decay that is no
+    mixer (titans_decay_0.99 is titans since the recall fix), and a run made with an initial decay that is no
     longer the default says so (each run records the decay it was made with)."""
     overrides, decay = run["overrides"], run.get("titans_decay_init_min")
     # the sweep sets the chunk size itself (--titans-chunk-size), so HopeConfig's default is not its baseline

@@ -4,7 +4,7 @@ lm-eval passes `dataset_kwargs: {data_files: ...}` to `datasets.load_dataset`, w
 relative path against the CURRENT directory, not the YAML's. The YAMLs therefore name these
 constants with lm-eval's `!function module.name` tag, which lm-eval resolves by importing
 `module.py` from the YAML's own folder and returning `module.name` (a string here). Rebuild the
-files with `python evaluation/build_local_tasks.py`.
+files with `python -m evaluation.build_local_tasks`.
 """
 
 from pathlib import Path
