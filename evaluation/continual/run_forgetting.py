@@ -352,7 +352,9 @@ def main(argv=None, on_trained=None) -> dict:
 
     sweeps = {strategy: args.lr_sweep or LR_SWEEP[strategy] for strategy in args.strategies}
     settings = {
-        "model": str(source), "new_domain": args.data, "old_domains": args.old_data, "max_steps": args.max_steps,
+        # the shipped GGUF by name: its absolute path differs between virtual environments
+        "model": source.name if source == smollm2_gguf_path() else str(source),
+        "new_domain": args.data, "old_domains": args.old_data, "max_steps": args.max_steps,
         "batch_size": args.batch_size, "block_size": args.block_size, "learning_rate_sweeps": sweeps,
         "optimizer": "AdamW, weight decay 0.01, linear warmup + cosine decay to 0, gradient clip 1.0",
         "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
@@ -363,7 +365,7 @@ def main(argv=None, on_trained=None) -> dict:
         "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
     }
     results = ResultsFile(output_path(args, NAME), command_line("evaluation.continual.run_forgetting", argv), settings,
-                          resume=args.resume, varying=("threads",))
+                          resume=args.resume, varying=("threads", "seeds", "learning_rate_sweeps"))
     results.save(
         complete=False,
         strategies={name: STRATEGIES[name] for name in args.strategies},

@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
             if results.has({"document": document, "rule": label}):
                 continue  # --resume: already read
             # one document at a time: per-row fast weights of every MLP (rule "both levels") and their
-            # Adam moments take several GB per row, and batching gains nothing here on CPU (1.06x)
+            # Adam moments take several GB per row, and batching gains little here on CPU (docs/benchmarks.md)
             losses = learner.read(ids[None])[0].segment_losses
             first, second = halves(losses)
             results.add({"document": document, "rule": label, "options": options, "segment_losses": losses,

@@ -21,7 +21,7 @@ class ModelShape:
     block_size: int = 256
     target_non_embedding: int = 800_000  # every model's MLP width is adjusted to this
     titans_chunk_size: int = 64
-    # set explicitly (HopeConfig's default may change): 0.99 made titans recall on MQAR
+    # set explicitly, in case HopeConfig's defaults change (why 0.99: docs/mqar.md)
     titans_decay_init_min: float = 0.99
     titans_decay_init_max: float = 0.999
     cms_periods: tuple = (1, 8)  # Hope's CMS levels: widths (m, m // 2), periods in optimizer steps

@@ -93,6 +93,7 @@ class ResultsFile:
         self.earlier_duration = 0.0
         self.fields: dict = {}
         self.runs: list[dict] = []
+        self.saved: dict | None = None  # what the file holds now
         if resume and self.path.exists():
             earlier = json.loads(self.path.read_text())
             mismatch = {k: (earlier["settings"].get(k), v) for k, v in self.settings.items()
@@ -119,13 +120,14 @@ class ResultsFile:
         """What the file holds: the header, the runner's fields, the runs."""
         return {"command": self.command, "versions": versions(), "machine": machine(self.device),
                 "load_average": list(os.getloadavg()),
-                "duration_s": self.earlier_duration + time.time() - self.started,
+                "duration_s": self.earlier_duration + (time.time() - self.started),
                 "settings": self.settings, **self.fields, "runs": self.runs}
 
     def save(self, **fields) -> Path:
-        """Write the header, the runner's ``fields`` (kept from earlier calls) and the runs."""
+        """Write the header, the runner's ``fields`` (kept from earlier calls) and the runs; ``saved``
+        holds what was written."""
         self.fields.update(jsonable(fields))
-        payload = self.payload()
+        payload = self.saved = self.payload()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".json.partial")
         partial.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
@@ -136,13 +138,16 @@ class ResultsFile:
 def run_cells(results: ResultsFile, cells: list[dict], run_cell: Callable[[dict], dict],
               after: Callable[[ResultsFile], None] | None = None) -> list[dict]:
     """Run every cell not yet in ``results`` (in order), recording each as it ends; ``after``
-    (e.g. a summary and a plot) runs after each. Returns the runs of the cells asked for."""
+    (e.g. a summary and a plot) runs after each. The file's ``complete`` says whether every cell
+    asked for is in it. Returns the runs of the cells asked for."""
+    results.save(complete=False)
     for cell in cells:
         if results.has(cell):
             continue
         results.add({**cell, **run_cell(cell)})
         if after is not None:
             after(results)
+    results.save(complete=True)  # every cell asked for is in the file
     return [run for run in results.runs if any(all(run.get(k) == v for k, v in jsonable(c).items()) for c in cells)]
 
 

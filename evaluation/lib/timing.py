@@ -64,5 +64,4 @@ def results_file(args, module: str, argv: list[str] | None, name: str, device: s
                        resume=resume)
 
 
-
 __all__ = ["benchmark_parser", "results_file", "start", "time_interleaved"]

@@ -11,6 +11,7 @@ Writes outputs/lm_comparison_<corpus>_<preset>.json and .png (see evaluation.lib
 """
 
 import argparse
+from dataclasses import asdict
 
 import torch
 
@@ -70,10 +71,10 @@ def main(argv=None):
     tokenizer, blocks = prepare_corpus(args.corpus, shape.vocab_size, shape.block_size)
     path = output_path(args, f"lm_comparison_{corpus_tag(args.corpus)}_{args.preset}")
     results = ResultsFile(path, command_line(__spec__.name, argv), vars(args), args.resume, args.device,
-                          varying=("models", "seeds", "no_progress", "commit_results"))
+                          varying=("models", "seeds", "threads", "no_progress", "commit_results"))
     data = {f"{split}_tokens": b.numel() for split, b in blocks.items()}
     sizes = {**results.fields.get("parameters", {}), **sizes}  # a resumed file keeps its other models
-    results.save(shape=shape, run_settings=settings, parameters=sizes, tokenizer=f"byte-level BPE, vocab {len(tokenizer)}, "
+    results.save(shape=asdict(shape), run_settings=asdict(settings), parameters=sizes, tokenizer=f"byte-level BPE, vocab {len(tokenizer)}, "
                  "trained on the training split", data={**data, "tokens_per_run": settings.steps * settings.batch_size
                                                         * shape.block_size},
                  model_configs={**results.fields.get("model_configs", {}),
@@ -101,7 +102,8 @@ def main(argv=None):
         print(f"{row['model']:16} {sizes[row['model']]['non_embedding']:>9,} {row['final_validation_loss']['mean']:>11.4f} "
               f"{row['final_test_loss']['mean']:>8.4f} {row['tokens_per_second']['mean']:>9.0f}")
     print(f"wrote {path} and {path.with_suffix('.png').name}")
-    return results.payload()
+    results.save()  # the duration with the plot
+    return results.saved
 
 
 if __name__ == "__main__":

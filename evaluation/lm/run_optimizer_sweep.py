@@ -102,10 +102,10 @@ def main(argv=None):
     path = output_path(args, f"lm_optimizer_sweep_{corpus_tag(args.corpus)}")
     axes = ("models", "optimizers", "seeds", "m3_eps", "m3_momentum_decay", *(f"lrs_{n}" for n in DEFAULT_LRS))
     results = ResultsFile(path, command_line(__spec__.name, argv), vars(args), args.resume, args.device,
-                          varying=(*axes, "no_progress", "commit_results"))
+                          varying=(*axes, "threads", "no_progress", "commit_results"))
     for run in results.runs:  # a run written before a field of OptimizerSpec existed has its default
         run["optimizer"] = jsonable(asdict(OptimizerSpec(**run["optimizer"])))
-    results.save(shape=shape, parameters={**results.fields.get("parameters", {}), **sizes})
+    results.save(shape=asdict(shape), parameters={**results.fields.get("parameters", {}), **sizes})
     cells = grid(seed=args.seeds, model=args.models, optimizer=[asdict(s) for s in optimizer_grid(args)])
 
     def run_cell(cell):
@@ -128,7 +128,8 @@ def main(argv=None):
               f"{row['final_validation_loss']['mean']:.4f}, test {row['final_test_loss']['mean']:.4f}"
               f"{' AT THE EDGE of the grid' if row['at_edge'] else ''}")
     print(f"wrote {path} and {path.with_suffix('.png').name}")
-    return results.payload()
+    results.save()  # the duration with the plot
+    return results.saved
 
 
 if __name__ == "__main__":

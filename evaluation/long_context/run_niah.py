@@ -24,8 +24,8 @@ import hope_hf  # noqa: F401  (registers the Hope model types with the Auto clas
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.data import smollm2_gguf_path
-from hope_hf.modeling.llama_loading import load_llama, load_tokenizer
 from hope_hf.evaluation.long_context import TASKS, evaluate, generate_examples, hf_answer_fn
+from hope_hf.modeling.llama_loading import load_llama, load_tokenizer
 
 NAME = "niah_smollm2"
 

@@ -128,6 +128,12 @@ def run_label(run: dict) -> str:
     return f"{run['variant']} (decay_init_min {decay:g})"
 
 
+def cell_label(variant: str) -> str:
+    """The label a run of ``variant`` made now gets (with today's HopeConfig defaults)."""
+    mixer, overrides = variant_spec(variant)
+    return run_label({"variant": variant, "mixer": mixer, "overrides": overrides})
+
+
 def cell_of(run: dict) -> tuple:
     """What makes two runs the same cell of the sweep (a resumed sweep skips cells it has)."""
     return (run_label(run), run["width"], run["seq_len"], run["num_kv_pairs"], run["learning_rate"], run["steps"],
@@ -250,11 +256,12 @@ def main(argv=None):
         merge(results, args.merge_from, command)
     done = {cell_of(r) for r in results.runs}
     sanity_key = ("attention", width, seq_len, pairs, lr, args.sanity_steps, args.seed)
-    solved = set()  # (seed, task, width, variant) once a learning rate reached --stop-accuracy
+    # a group (label, width, task, steps, seed) is solved once one of its learning rates reached --stop-accuracy
+    solved = {cell_of(r)[:4] + cell_of(r)[5:] for r in results.runs if r["accuracy"] >= args.stop_accuracy}
     for cell in sweep_cells(args):
-        (seq, kv), group = cell["task"], (cell["seed"], cell["task"], cell["width"], cell["variant"])
-        key = (cell["variant"], cell["width"], seq, kv, cell["learning_rate"], args.steps, cell["seed"])
-        if group in solved or key in done:
+        (seq, kv) = cell["task"]
+        key = (cell_label(cell["variant"]), cell["width"], seq, kv, cell["learning_rate"], args.steps, cell["seed"])
+        if key[:4] + key[5:] in solved or key in done:
             continue
         if key == sanity_key:
             run = {k: v for k, v in sanity.items() if k != "passed"}  # the same run: reuse it
@@ -264,7 +271,7 @@ def main(argv=None):
         results.add(run)
         write_report(results, args)  # progress survives an interruption
         if run["accuracy"] >= args.stop_accuracy:
-            solved.add(group)
+            solved.add(key[:4] + key[5:])
     write_report(results, args)
 
     report = json.loads(results.path.read_text())

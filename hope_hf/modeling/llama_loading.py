@@ -69,4 +69,5 @@ def load_plain_llama(source: Path) -> LlamaForCausalLM:
     plain.generation_config = copy.deepcopy(loaded.generation_config)
     return plain.eval()
 
+
 __all__ = ["is_llama_cms_dir", "load_llama", "load_plain_llama", "load_tokenizer"]

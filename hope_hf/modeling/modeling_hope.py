@@ -125,37 +125,35 @@ class HopeCache(DynamicCache):
         if self.row_tokens_seen is not None:
             self.row_tokens_seen = self.row_tokens_seen.index_select(0, beam_idx.to(self.row_tokens_seen.device))
 
-    def _map_rows(self, attention_method: str, fn, *args) -> None:
-        """Apply ``fn`` to every recurrent state and to the tokens seen per row; attention layers
-        apply their own ``attention_method(*args)``."""
+    def _map_states(self, fn, attention_fn) -> None:
+        """Replace every recurrent state and the tokens seen per row by ``fn(state)``; attention
+        layers get ``attention_fn(layer)``."""
         for layer in self.layers:
             if isinstance(layer, LinearAttentionCacheLayerMixin):
                 layer.conv_states = {i: None if t is None else fn(t) for i, t in layer.conv_states.items()}
                 layer.recurrent_states = {i: None if t is None else fn(t) for i, t in layer.recurrent_states.items()}
             if isinstance(layer, CacheLayerMixin):
-                getattr(layer, attention_method)(*args)
+                attention_fn(layer)
         if self.row_tokens_seen is not None:
             self.row_tokens_seen = fn(self.row_tokens_seen)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the batch rows ``indices`` (in that order) of every state, in place."""
         indices = torch.as_tensor(indices)
-        self._map_rows("batch_select_indices", lambda t: t[indices.to(t.device)], indices)
+        self._map_states(lambda t: t[indices.to(t.device)], lambda layer: layer.batch_select_indices(indices))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat every batch row ``repeats`` times (row b becomes rows b*repeats .. b*repeats+repeats-1), in place."""
-        self._map_rows("batch_repeat_interleave", lambda t: t.repeat_interleave(repeats, dim=0), repeats)
+        self._map_states(lambda t: t.repeat_interleave(repeats, dim=0), lambda layer: layer.batch_repeat_interleave(repeats))
 
     def detach(self) -> "HopeCache":
         """Cut the autograd history of every tensor held (keys, values, conv and recurrent states), in place."""
-        for layer in self.layers:
-            if isinstance(layer, LinearAttentionCacheLayerMixin):
-                layer.conv_states = {i: None if t is None else t.detach() for i, t in layer.conv_states.items()}
-                layer.recurrent_states = {i: None if t is None else t.detach() for i, t in layer.recurrent_states.items()}
-            if isinstance(layer, CacheLayerMixin) and layer.keys is not None:
+
+        def detach_keys_and_values(layer):
+            if layer.keys is not None:
                 layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
-        if self.row_tokens_seen is not None:
-            self.row_tokens_seen = self.row_tokens_seen.detach()
+
+        self._map_states(torch.Tensor.detach, detach_keys_and_values)
         return self
 
     def drop_padding_after(self, length: int) -> None:

@@ -99,8 +99,6 @@ class _BatchReading:
         )
 
 
-
-
 class InContextLearner:
     def __init__(
         self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None, rule: str = "sgd",

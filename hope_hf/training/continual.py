@@ -79,7 +79,7 @@ def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
 
 
 def verdict(before: dict, after: dict, new_domain: str) -> str:
-    """One line: "spanish 2.40x better; english +3%, code +5%" (old domains: perplexity change)."""
+    """One line such as "spanish 2x better; english +3%, code +5%" (old domains: perplexity change)."""
     gain = before[new_domain] / after[new_domain]
     head = f"{new_domain} {gain:.2f}x better" if gain >= 1 else f"{new_domain} {1 / gain:.2f}x worse"
     old = ", ".join(f"{name} {100 * (after[name] / before[name] - 1):+.1f}%" for name in before if name != new_domain)

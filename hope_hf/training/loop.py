@@ -40,19 +40,22 @@ def cms_optimizer_step(model, optimizers, schedule: CMSSchedule | None, max_grad
 def train_steps(model, optimizers: list, backward: Callable[[int], torch.Tensor], steps: int, *,
                 evaluate: Callable[[], dict] | None = None, eval_every: int = 0,
                 lr_factor: Callable[[int], float] | None = None, max_grad_norm: float | None = 1.0,
-                stop: Callable[[dict], bool] | None = None, description: str = "train",
-                progress: bool = True) -> dict:
+                stop: Callable[[dict], bool] | None = None, schedule: CMSSchedule | None = None,
+                description: str = "train", progress: bool = True) -> dict:
     """Run ``steps`` optimizer steps. ``backward(step)`` (step from 1) computes the step's loss,
     calls ``backward()`` on it and returns it detached. ``evaluate()`` returns a dict of metrics;
     it runs before the first step, every ``eval_every`` steps and after the last (``eval_every``
     0: only before and after). ``stop(evaluation)`` True ends training after that evaluation; a
-    non-finite training loss ends it at once.
+    non-finite training loss ends it at once. ``schedule``: a CMSSchedule to continue (a run in
+    phases keeps its levels' clocks and held gradients); by default a new one when the model has
+    CMS levels.
 
     Returns {"evaluations": [{"step", **metrics}], "train_loss": [per step], "steps_run",
     "train_seconds" (optimizer steps only, evaluations excluded), "stopped_early"}."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    schedule = CMSSchedule(model) if any(is_cms_module(m) for m in model.modules()) else None
+    if schedule is None and any(is_cms_module(m) for m in model.modules()):
+        schedule = CMSSchedule(model)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor) for o in optimizers] if lr_factor else []
     model.train()
     evaluations = [{"step": 0, **evaluate()}] if evaluate else []
