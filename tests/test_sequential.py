@@ -49,7 +49,10 @@ def test_sequence_end_to_end_with_sweeps_metrics_and_resume(tmp_path, three_doma
                                                               ("llama", 1e-3), ("llama", 3e-3)]
     best_llama = min((r for r in sweeps if r["family"] == "llama"), key=lambda r: r["phases"][0]["validation"][three_domains[0]])
     assert payload["chosen_lr"]["llama [1]"] == best_llama["lr"]
-    assert len([r for r in payload["runs"] if r["kind"] == "ewc_sweep"]) == 2 and payload["chosen_ewc_lambda"] in (1, 100)
+    ewc_sweep = {r["lambda"]: r for r in payload["runs"] if r["kind"] == "ewc_sweep"}
+    assert set(ewc_sweep) == {1, 100}
+    chosen = min(ewc_sweep.values(), key=lambda r: sum(r["phases"][-1]["validation"][d] for d in three_domains))
+    assert payload["chosen_ewc_lambda"] == chosen["lambda"]
 
     sequences = {r["variant"]: r for r in payload["runs"] if r["kind"] == "sequence"}
     assert set(sequences) == {"llama", "llama_ewc", "llama_replay", "titans_cms2"}
@@ -63,6 +66,8 @@ def test_sequence_end_to_end_with_sweeps_metrics_and_resume(tmp_path, three_doma
         groups = run["phases"][2]["restored_group"]
         expected = {"embeddings", "mixers", "norms"} | ({"mlp"} if variant.startswith("llama") else {"cms_level_0", "cms_level_1"})
         assert set(groups) == expected and set(groups["mixers"]) == set(three_domains[:2])
+    # EWC's seed-0 run is the sweep's run at the chosen lambda (not trained twice)
+    assert sequences["llama_ewc"]["phases"] == chosen["phases"] and sequences["llama_ewc"]["ewc_lambda"] == chosen["lambda"]
     # the strategies change phases 2.. only: phase 1 is the plain Llama's
     assert sequences["llama_ewc"]["phases"][0]["test"] == sequences["llama"]["phases"][0]["test"]
     assert sequences["llama_replay"]["phases"][1]["test"] != sequences["llama"]["phases"][1]["test"]

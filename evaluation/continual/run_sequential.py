@@ -258,12 +258,20 @@ def main(argv=None):
     if "llama_ewc" in args.models:
         sweep = [run({"kind": "ewc_sweep", "lambda": lam, "seed": 0}, fn=lambda lam=lam: learn_sequence(
             "llama_ewc", lr_of["llama_ewc"], 0, blocks, shape, args, len(args.order), lam)) for lam in args.ewc_lambdas]
-        ewc_lambda = min(sweep, key=lambda r: sum(r["phases"][-1]["validation"][d] for d in args.order))["lambda"]
+        chosen_run = min(sweep, key=lambda r: sum(r["phases"][-1]["validation"][d] for d in args.order))
+        ewc_lambda = chosen_run["lambda"]
         results.save(chosen_ewc_lambda=ewc_lambda)
+
+    def learn(cell):
+        if cell["variant"] != "llama_ewc":
+            return learn_sequence(cell["variant"], lr_of[cell["variant"]], cell["seed"], blocks, shape, args, len(args.order))
+        if cell["seed"] == 0:  # the sweep's run at the chosen lambda is this cell
+            return {"ewc_lambda": ewc_lambda, **{k: v for k, v in chosen_run.items() if k not in ("kind", "lambda", "seed")}}
+        return {"ewc_lambda": ewc_lambda, **learn_sequence("llama_ewc", lr_of["llama_ewc"], cell["seed"], blocks, shape,
+                                                           args, len(args.order), ewc_lambda)}
+
     for cell in grid(seed=args.seeds, variant=args.models):
-        run({"kind": "sequence", **cell, "lr": lr_of[cell["variant"]]}, fn=lambda cell=cell: learn_sequence(
-            cell["variant"], lr_of[cell["variant"]], cell["seed"], blocks, shape, args, len(args.order),
-            ewc_lambda if cell["variant"] == "llama_ewc" else 0.0))
+        run({"kind": "sequence", **cell, "lr": lr_of[cell["variant"]]}, fn=lambda cell=cell: learn(cell))
     runs = [r for r in results.runs if r["kind"] == "sequence"]
     metrics = ("final_average", "mean_backward_transfer", *(f"backward_transfer_{d}" for d in args.order[:-1]),
                *(f"forward_learning_{d}" for d in args.order))
