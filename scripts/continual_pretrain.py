@@ -11,9 +11,13 @@ is the one the forgetting study (docs/continual.md) found to learn the new domai
 the old ones. Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python
 source of this interpreter's standard library), or .txt files (one document a line).
 
-Prints held-out perplexity of every domain before and after and a one-line verdict, generates a
-sample (greedy, with a repetition penalty and no repeated 3-grams), saves the model and writes
-results.json and loss_curve.png (training loss beside every domain's held-out curve).
+Every domain's documents are split into train, validation and test (hope_hf.training.domains,
+seeded, no document in two splits). The curves along training use the first --eval-blocks
+validation blocks of every domain (fast); the before/after perplexities, the verdict and
+results.json use every test block, at least --min-test-tokens (8,192) test tokens per domain, and
+say how many. Generates a sample (greedy, with a repetition penalty and no repeated 3-grams),
+saves the model and writes results.json and loss_curve.png (training loss beside every domain's
+validation curve).
 """
 
 import argparse
@@ -41,7 +45,7 @@ from hope_hf.training.continual import (
     train_only_new_levels,
     verdict,
 )
-from hope_hf.training.domains import DOMAINS, domain_blocks, domain_documents, text_documents
+from hope_hf.training.domains import DOMAINS, MIN_TEST_TOKENS, domain_documents, domain_splits, text_documents
 from hope_hf.training.hub import SMOLLM2_HUB_ID, finish_model_folder, model_card
 
 PROMPTS = {"spanish": "En el principio", "english": "In the beginning", "code": "def "}
@@ -52,18 +56,24 @@ def domain_name(source: str) -> str:
 
 
 def load_domains(args, tokenizer, max_length: int):
-    """(new-domain training blocks, {domain: held-out blocks}), the new domain first."""
+    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: every
+    test block}), the new domain first."""
     if args.block_size > max_length:
         raise ValueError(f"block_size {args.block_size} is over the model's maximum ({max_length} positions)")
-    held_out, new_train = {}, None
+    validation, test, new_train = {}, {}, None
+    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.min_test_tokens / args.block_size)}
     for source in (args.data, *args.old_data):
         if source not in DOMAINS and not Path(source).is_file():
             raise FileNotFoundError(f"domain {source!r} is neither one of {', '.join(DOMAINS)} nor a file")
         documents = domain_documents(source) if source in DOMAINS else text_documents(source)
-        train_blocks, held_out[domain_name(source)] = domain_blocks(documents, tokenizer, args.block_size,
-                                                                    args.held_out_blocks, seed=0)
-        new_train = train_blocks if new_train is None else new_train
-    return new_train, held_out
+        try:
+            splits = domain_splits(documents, tokenizer, args.block_size, seed=0, min_blocks=min_blocks)
+        except ValueError as error:
+            raise ValueError(f"domain {source!r}: {error}") from error
+        name = domain_name(source)
+        validation[name], test[name] = splits["validation"].select(range(args.eval_blocks)), splits["test"]
+        new_train = splits["train"] if new_train is None else new_train
+    return new_train, validation, test
 
 
 def generation_config(tokenizer, max_new_tokens: int) -> GenerationConfig:
@@ -77,7 +87,10 @@ def main():
     parser.add_argument("--model", default=None, help="Llama-CMS dir, Llama dir or .gguf (default: SmolLM2)")
     parser.add_argument("--data", default="spanish", help=f"new domain: one of {', '.join(DOMAINS)} or a .txt file")
     parser.add_argument("--old-data", nargs="+", default=["english", "code"], help="old domains (never trained on)")
-    parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain")
+    parser.add_argument("--eval-blocks", type=int, default=8,
+                        help="validation blocks per domain for the curves along training (before/after: every test block)")
+    parser.add_argument("--min-test-tokens", type=int, default=MIN_TEST_TOKENS,
+                        help="fewer test-split tokens in a domain is an error")
     parser.add_argument("--new-level-size", type=int, default=384)
     parser.add_argument("--slow-level-period", type=int, default=0, help="> 0: also a new slow level of this period")
     parser.add_argument("--pretrained-period", type=int, default=1_000_000, help="level 0 period (default: frozen in practice)")
@@ -89,11 +102,13 @@ def main():
     add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=20, batch_size=4,
                            learning_rate=5e-5, warmup_steps=3, eval_every=5, eval_batches=2, save_every=0)
     args = parser.parse_args()
-    if args.held_out_blocks < 1:
-        parser.error(f"--held-out-blocks must be >= 1, got {args.held_out_blocks}")
+    if args.eval_blocks < 1:
+        parser.error(f"--eval-blocks must be >= 1, got {args.eval_blocks}")
+    if args.min_test_tokens < 1:
+        parser.error(f"--min-test-tokens must be >= 1, got {args.min_test_tokens}")
     if domain_name(args.data) in map(domain_name, args.old_data):
         parser.error(f"the new domain {args.data!r} cannot also be an old domain")
-    args.eval_batches = math.ceil(args.held_out_blocks / args.batch_size)  # every held-out block, every evaluation
+    args.eval_batches = math.ceil(args.eval_blocks / args.batch_size)  # every validation block, every evaluation
     config = training_config(args)
 
     source = Path(args.model) if args.model else smollm2_gguf_path()
@@ -104,28 +119,32 @@ def main():
     stamp("model and tokenizer loaded")
     if not args.train_everything:  # only the new CMS levels learn; the pretrained MLP (level 0) is frozen
         train_only_new_levels(model)
-    new_train, held_out = load_domains(args, tokenizer, model.config.max_position_embeddings)
-    new_domain, *old_domains = held_out
+    new_train, validation, test = load_domains(args, tokenizer, model.config.max_position_embeddings)
+    new_domain, *old_domains = test
+    test_tokens = {name: len(blocks) * args.block_size for name, blocks in test.items()}
     stamp("data tokenised and packed")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train; "
-          f"{len(new_train)} {new_domain} blocks of {args.block_size} tokens; {args.held_out_blocks} held-out blocks per domain")
+          f"{len(new_train)} {new_domain} blocks of {args.block_size} tokens; {args.eval_blocks} validation blocks per domain "
+          f"for the curves; test split for before/after: " + ", ".join(f"{n} {t:,} tokens" for n, t in test_tokens.items()))
 
-    measure = lambda: {name: perplexity(model, blocks, args.eval_batches, args.batch_size) for name, blocks in held_out.items()}
-    before = measure() if not args.resume_from else None
-    stamp("perplexity before training measured")
-    state = train(model, new_train, held_out[new_domain], config, tokenizer,
-                  other_eval_datasets={name: held_out[name] for name in old_domains})
+    measure = lambda blocks: {name: perplexity(model, b, math.ceil(len(b) / args.batch_size), args.batch_size)
+                              for name, b in blocks.items()}
+    before = measure(test) if not args.resume_from else None
+    before_validation = measure(validation) if not args.resume_from else None
+    stamp("perplexity before training measured (test split; validation for the curves' step 0)")
+    state = train(model, new_train, validation[new_domain], config, tokenizer,
+                  other_eval_datasets={name: validation[name] for name in old_domains})
     stamp("training done")
     if not PartialState().is_main_process:
         return
     if config.stop_after_steps and config.stop_after_steps < config.max_steps:
         return
-    after = measure()
-    stamp("perplexity after training measured")
-    print("\nheld-out perplexity   before    after")
+    after = measure(test)
+    stamp("perplexity after training measured (test split)")
+    print("\ntest-split perplexity   before    after   test tokens")
     for name in after:
-        print(f"{name:<20}{before[name] if before else float('nan'):>8.2f} {after[name]:>8.2f}")
+        print(f"{name:<22}{before[name] if before else float('nan'):>8.2f} {after[name]:>8.2f} {test_tokens[name]:>13,}")
     line = verdict(before, after, new_domain) if before else "no 'before' on a resumed run"
     print(f"verdict: {line}")
 
@@ -138,14 +157,19 @@ def main():
     stamp("sample generated")
 
     output_dir = Path(args.output_dir)
-    curves = held_out_curves(state.history, new_domain, before) if before else {}
+    curves = held_out_curves(state.history, new_domain, before_validation) if before_validation else {}
     losses = [[r["step"], r["loss"]] for r in state.history if "loss" in r]
-    plot_curves(losses, curves, output_dir / "loss_curve.png",
+    plot_curves(losses, curves, output_dir / "loss_curve.png", curve_label=f"validation perplexity ({args.eval_blocks} blocks)",
                 title=f"{source.name}: {state.step} steps x {args.batch_size}x{args.block_size} tokens of {new_domain}, "
                       f"lr {args.learning_rate:g} — {line}")
     results = {
         "command": shlex.join(["python", "scripts/continual_pretrain.py", *sys.argv[1:]]),
-        "verdict": line, "before": before, "after": after, "curves": curves, "training_loss": losses,
+        "verdict": line, "before": before, "after": after,
+        "measured_on": {"before_after_verdict": "test split, every test block", "test_tokens": test_tokens,
+                        "test_blocks": {name: len(blocks) for name, blocks in test.items()},
+                        "curves": f"validation split, the first {args.eval_blocks} blocks of every domain "
+                                  f"({args.eval_blocks * args.block_size:,} tokens)"},
+        "curves": curves, "training_loss": losses,
         "sample": {"prompt": prompt, "text": sample,
                    "generation": {k: v for k, v in generation_config(tokenizer, args.max_new_tokens).to_diff_dict().items()
                                   if k != "transformers_version"}},
@@ -155,13 +179,15 @@ def main():
                      "slow_level_period": args.slow_level_period, "pretrained_period": args.pretrained_period,
                      "max_steps": args.max_steps, "batch_size": args.batch_size, "block_size": args.block_size,
                      "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
-                     "held_out_blocks_per_domain": args.held_out_blocks, "seed": args.seed,
+                     "eval_blocks_per_domain": args.eval_blocks, "min_test_tokens": args.min_test_tokens,
+                     "split": "documents split before packing, seed 0: validation 5%, test 15%, train the rest "
+                              "(hope_hf.training.domains)", "seed": args.seed,
                      "training_blocks": len(new_train), "threads": torch.get_num_threads()},
         "duration_s": round(time.perf_counter() - start, 1),
         "load_average_1_5_15min": {"start": load_at_start, "end": os.getloadavg()},
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    measured = {f"held-out perplexity, {name}, {when}": values[name]
+    measured = {f"test-split perplexity ({test_tokens[name]:,} tokens), {name}, {when}": values[name]
                 for when, values in (("before", before), ("after", after)) if values for name in values}
     card = model_card(
         model, f"`{source.name}` continual-pretrained on a new domain ({new_domain}) with `scripts/continual_pretrain.py` "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (.venv, installs) and run the main job: retrofit the real SmolLM2-135M-Instruct with a
 # CMS and continual-pretrain it on the embedded Spanish text, measuring forgetting on English and
-# Python code (held-out curves of every domain, a verdict line, results.json, loss_curve.png).
+# Python code (validation curves of every domain, test-split before/after and a verdict line, results.json, loss_curve.png).
 # Extra arguments go to scripts/continual_pretrain.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     """A tiny random Llama directory with its tokenizer, and new / old domain text files."""
     folder = tmp_path_factory.mktemp("continual")
     spanish = sample_text_path("rv1909_es_sample").read_text().splitlines()[:6]
-    english = sample_text_path("web_en_sample").read_text().splitlines()[:4]
+    english = sample_text_path("web_en_sample").read_text().splitlines()[:8]  # >= 2 held out (validation, test)
     tokenizer = train_bpe_tokenizer(spanish + english, 300)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 
 def common_args(folder: Path, out: Path, *extra) -> list[str]:
     return ["--model", str(folder / "llama"), "--data", str(folder / "new.txt"), "--old-data", str(folder / "old.txt"),
-            "--block-size", "32", "--batch-size", "2", "--held-out-blocks", "4", "--new-level-size", "16",
+            "--block-size", "32", "--batch-size", "2", "--eval-blocks", "4", "--min-test-tokens", "128", "--new-level-size", "16",
             "--pretrained-period", str(PERIOD), "--slow-level-period", str(PERIOD), "--warmup-steps", "0",
             "--eval-every", "1", "--lora-rank", "2", "--output-dir", str(out / "runs"),
             "--output", str(out / "continual_forgetting.json"), *extra]
@@ -90,13 +90,16 @@ def run_study(setup, out: Path, *extra):
     llama = load_plain_llama(setup / "llama")
     diffs, states = {}, {}
 
-    def inspect(record, model, held_out):
+    def inspect(record, model, validation, test):
         key = (record["strategy"], record["seed"])
         diffs[key] = (lora_changed if record["strategy"] == "lora" else changed)(llama, model)
         states[key] = model.state_dict()
-        # the reported perplexities after training are those of the trained model, on every domain
-        for domain, blocks in held_out.items():
-            assert record["after"][domain] == pytest.approx(perplexity(model, blocks, 2, 2), rel=1e-6)
+        # the reported perplexities after training are those of the trained model, on every domain:
+        # "after" on every test block (>= --min-test-tokens), "validation_after" on the 4 validation blocks
+        for domain in test:
+            assert len(validation[domain]) == 4 and len(test[domain]) * 32 >= 128
+            assert record["after"][domain] == pytest.approx(perplexity(model, test[domain], len(test[domain]), 1), rel=1e-5)
+            assert record["validation_after"][domain] == pytest.approx(perplexity(model, validation[domain], 2, 2), rel=1e-5)
 
     results = run_forgetting.main(common_args(setup, out, *extra), on_trained=inspect)
     return llama, results, diffs, states
@@ -119,15 +122,19 @@ def test_all_strategies_write_finite_results_and_curves_on_the_same_tokens(setup
     strategies = list(run_forgetting.STRATEGIES)
     assert [(r["strategy"], r["seed"]) for r in runs] == [(s, seed) for seed in (0, 1) for s in strategies]
     assert saved["chosen_learning_rates"] == {s: 1e-3 for s in strategies}
-    assert saved["target_perplexity"] == pytest.approx(saved["before"]["new"] / 2)
+    assert saved["target_perplexity"] == pytest.approx(saved["validation_before"]["new"] / 2)  # chosen on validation
+    assert "test split" in saved["measured_on"]["before_after_gain_rise"]
+    assert saved["measured_on"]["test_tokens"] == saved["settings"]["test_tokens_per_domain"]
+    assert all(t >= 128 and t % 32 == 0 for t in saved["measured_on"]["test_tokens"].values())
     steps = PERIOD - 1
     for r in runs:
-        for when in ("before", "after"):
+        for when in ("before", "after", "validation_before", "validation_after"):
             assert list(r[when]) == ["new", "old"]
             assert all(math.isfinite(v) and v > 1 for v in r[when].values())
-        for domain, curve in r["curves"].items():  # step 0 is the pretrained model, the last point is "after"
+        assert r["before"] == saved["before"] and r["validation_before"] == saved["validation_before"]
+        for domain, curve in r["curves"].items():  # validation: step 0 the pretrained model, the last point "after"
             assert [step for step, _ in curve] == list(range(steps + 1))
-            assert curve[0][1] == r["before"][domain] and curve[-1][1] == r["after"][domain]
+            assert curve[0][1] == r["validation_before"][domain] and curve[-1][1] == r["validation_after"][domain]
         assert r["old_domain_rise"]["old"] == pytest.approx(r["after"]["old"] / r["before"]["old"] - 1)
         assert r["new_domain_gain"] == pytest.approx(r["before"]["new"] / r["after"]["new"])
         assert r["steps"] == steps and r["tokens"] == steps * 2 * 32
@@ -223,7 +230,9 @@ def test_a_default_study_writes_under_outputs_with_the_results_header_and_resume
 
 
 def record(strategy, lr, seed, new_after):
-    return {"strategy": strategy, "learning_rate": lr, "seed": seed, "after": {"new": new_after}}
+    # the choice reads validation perplexity only; a test-split "after" far off must not sway it
+    return {"strategy": strategy, "learning_rate": lr, "seed": seed, "validation_after": {"new": new_after},
+            "after": {"new": 1e6 / new_after}}
 
 
 def test_the_rate_closest_to_the_target_in_log_is_chosen_from_the_sweep_seed():

@@ -121,6 +121,9 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     """The main job's script end to end on a tiny Llama (the SmolLM2 run is the README's first command)."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    from hope_hf.training.continual import perplexity
+    from hope_hf.training.domains import domain_documents, domain_splits, text_documents
+
     lines = sample_text_path().read_text().splitlines()[:20]
     tokenizer = train_bpe_tokenizer(lines, 300)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
@@ -132,17 +135,29 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "continual_pretrain.py"), "--model", str(tmp_path / "llama"),
          "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "code", "--new-level-size", "16",
-         "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--held-out-blocks", "3",
+         "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--eval-blocks", "3", "--min-test-tokens", "256",
          "--slow-level-period", "2", "--max-new-tokens", "12", "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "held-out perplexity" in result.stdout and all(d in result.stdout for d in ("new", "old", "code"))
+    assert "test-split perplexity" in result.stdout and all(d in result.stdout for d in ("new", "old", "code"))
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(results["before"]) == list(results["after"]) == ["new", "old", "code"]
-    for domain, curve in results["curves"].items():  # step 0 = before, then every 2 steps; the last point = after
+    # before/after: every test block (>= --min-test-tokens each), stated in the output; curves: 3 validation blocks
+    sources = {"new": text_documents(tmp_path / "new.txt"), "old": text_documents(tmp_path / "old.txt"),
+               "code": domain_documents("code")}
+    splits = {d: domain_splits(docs, tokenizer, 32, seed=0) for d, docs in sources.items()}
+    assert results["measured_on"]["test_tokens"] == {d: 32 * len(s["test"]) for d, s in splits.items()}
+    assert results["measured_on"]["test_blocks"] == {d: len(s["test"]) for d, s in splits.items()}
+    assert all(tokens >= 256 for tokens in results["measured_on"]["test_tokens"].values())
+    assert "test split" in results["measured_on"]["before_after_verdict"]
+    assert all(f"{d} {t:,} tokens" in result.stdout for d, t in results["measured_on"]["test_tokens"].items())
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
+    for domain, curve in results["curves"].items():  # step 0 = the untrained model, then every 2 steps
         assert [step for step, _ in curve] == [0, 2, 4]
-        assert curve[0][1] == results["before"][domain] and curve[-1][1] == pytest.approx(results["after"][domain])
+        validation, test = splits[domain]["validation"].select(range(3)), splits[domain]["test"]
+        assert curve[-1][1] == pytest.approx(perplexity(final, validation, 2, 2), rel=1e-4)
+        assert results["after"][domain] == pytest.approx(perplexity(final, test, len(test), 1), rel=1e-4)
     gain = results["before"]["new"] / results["after"]["new"]
     rises = {d: results["after"][d] / results["before"][d] - 1 for d in ("old", "code")}
     assert f"verdict: new {gain:.2f}x better" in result.stdout or f"verdict: new {1 / gain:.2f}x worse" in result.stdout
@@ -154,7 +169,8 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     assert [(lv["name"], lv["update_period"]) for lv in model.config.cms_levels][1:] == [("fast", 1), ("slow", 2)]
     card = ModelCard.load(tmp_path / "out" / "final" / "README.md")
     measured = {r.dataset_name: r.metric_value for r in card.data.eval_results}
-    expected = {f"held-out perplexity, {domain}, {when}": round(results[when][domain], 4)
+    tokens = results["measured_on"]["test_tokens"]
+    expected = {f"test-split perplexity ({tokens[domain]:,} tokens), {domain}, {when}": round(results[when][domain], 4)
                 for when in ("before", "after") for domain in ("new", "old", "code")}
     assert expected.items() <= measured.items()
     assert "llama_cms" in card.data.tags and "new.txt" in card.text

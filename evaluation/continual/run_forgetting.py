@@ -10,11 +10,14 @@ domain, compared at MATCHED new-domain gain:
                        one (period 1) and a slow one (period --slow-level-period);
   lora             (e) LoRA (PEFT) on every linear layer of the plain Llama.
 
-Each strategy trains at every rate of its small learning-rate sweep (seed --sweep-seed); the rate
-whose new-domain held-out perplexity ends closest (in log) to the common target
-(pretrained perplexity / --target-gain) is chosen and run with the other seeds too. The old
-domains' perplexity rises are then compared at that matched gain. Held-out perplexity of every
-domain is measured every --eval-every steps (step 0 included).
+Every domain's documents are split into train, validation and test (hope_hf.training.domains,
+seeded, no document in two splits). Each strategy trains at every rate of its small learning-rate
+sweep (seed --sweep-seed); the rate whose new-domain VALIDATION perplexity ends closest (in log)
+to the common target (pretrained validation perplexity / --target-gain) is chosen and run with the
+other seeds too. The reported before/after perplexities, gains and old-domain rises are on the
+TEST split, every test block (at least --min-test-tokens, 8,192, tokens per domain). Validation
+perplexity of every domain (the first --eval-blocks blocks) is measured every --eval-every steps
+(step 0 included): the curves.
 
     python -m evaluation.continual.run_forgetting                    # SmolLM2-135M; Spanish new; English, code old
     python -m evaluation.continual.run_forgetting --strategies cms_frozen --seeds 0 --max-steps 10 --lr-sweep 1e-4
@@ -23,8 +26,9 @@ Domains: spanish / english (Bible samples shipped in hope_hf/data), code (Python
 interpreter's standard library, hope_hf.training.domains), or a .txt file (one document a line).
 Writes outputs/continual_forgetting.json (evaluation/results/ with --commit-results; + .png; the
 results header, then the JSON after every run, with "complete": false until the end; --resume
-skips the runs it has) and, per run, OUTPUT_DIR/STRATEGY/lr_RATE/seed_N/train_log.jsonl. Held-out
-perplexity, before training and along it, is the Accelerate loop's own ``hope_hf.training.evaluate``.
+skips the runs it has) and, per run, OUTPUT_DIR/STRATEGY/lr_RATE/seed_N/train_log.jsonl. Perplexity
+along training is the Accelerate loop's own ``hope_hf.training.evaluate``; before and after,
+``hope_hf.training.continual.perplexity`` (the same on full batches, without gradients).
 """
 
 import argparse
@@ -37,10 +41,8 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
@@ -50,17 +52,16 @@ from evaluation.lib.results import ResultsFile, add_output_arguments, command_li
 from hope_hf.data import smollm2_gguf_path
 from hope_hf.modeling.llama_loading import is_llama_cms_dir, load_plain_llama, load_tokenizer
 from hope_hf.modeling.modeling_llama_cms import LlamaCMSForCausalLM
-from hope_hf.training import TrainingConfig, evaluate, train
+from hope_hf.training import TrainingConfig, train
 from hope_hf.training.continual import (
     held_out_curves,
+    perplexity,
     retrofit_with_fast_level,
     train_only_new_levels,
 )
-from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, domain_blocks, domain_documents, text_documents
-from hope_hf.training.trainer import collate
+from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, MIN_TEST_TOKENS, domain_documents, domain_splits, text_documents
 
 NAME = "continual_forgetting"
-ONE_PROCESS = SimpleNamespace(gather=lambda tensor: tensor)  # evaluate()'s accelerator, outside the training loop
 STRATEGIES = {
     "full_finetune": "(a) plain Llama, full fine-tune: every weight every step",
     "cms_slow_level0": "(b) Llama-CMS, every weight trains; level 0 (pretrained MLP) once per --pretrained-period "
@@ -107,18 +108,21 @@ def parse_args(argv=None):
     parser.add_argument("--old-data", nargs="+", type=domain_source, default=["english", "code"],
                         help="old domains (never trained on: they measure forgetting)")
     add_options(parser, max_steps=20, warmup_steps=3, batch_size=2, block_size=128)
-    parser.add_argument("--held-out-blocks", type=int, default=8, help="held-out blocks per domain (the same every run)")
-    parser.add_argument("--eval-every", type=int, default=10, help="held-out perplexity of every domain every N steps")
+    parser.add_argument("--eval-blocks", type=int, default=8,
+                        help="validation blocks per domain for the curves and the rate choice (the same every run)")
+    parser.add_argument("--min-test-tokens", type=int, default=MIN_TEST_TOKENS,
+                        help="fewer test-split tokens in a domain is an error (before/after use every test block)")
+    parser.add_argument("--eval-every", type=int, default=10, help="validation perplexity of every domain every N steps")
     parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of each new level, (b), (c), (d)")
     parser.add_argument("--pretrained-period", type=int, default=10, help="level 0's period in optimizer steps, (b)")
     parser.add_argument("--slow-level-period", type=int, default=5, help="period of the new slow level, (d)")
     parser.add_argument("--lora-rank", type=int, default=16, help="(e); lora_alpha = 2 x rank")
-    parser.add_argument("--split-seed", type=int, default=0, help="train/held-out document split (fixed across seeds)")
+    parser.add_argument("--split-seed", type=int, default=0, help="train/validation/test document split (fixed across seeds)")
     parser.add_argument("--output-dir", default="outputs/continual_forgetting", help="per-run training logs")
     add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     for name in ("max_steps", "batch_size", "block_size", "new_level_size", "pretrained_period", "slow_level_period",
-                 "held_out_blocks", "eval_every", "lora_rank"):
+                 "eval_blocks", "min_test_tokens", "eval_every", "lora_rank"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if len(set(args.seeds)) != len(args.seeds):
@@ -138,15 +142,21 @@ def domain_name(source: str) -> str:
     return source if source in NAMED_DOMAINS else Path(source).stem
 
 
-def load_held_out_and_train(args, tokenizer):
-    """(new-domain training blocks, {domain: held-out blocks}), the new domain first."""
-    held_out, new_train = {}, None
+def load_splits(args, tokenizer):
+    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: every
+    test block}), the new domain first."""
+    validation, test, new_train = {}, {}, None
+    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.min_test_tokens / args.block_size)}
     for source in (args.data, *args.old_data):
         documents = domain_documents(source) if source in NAMED_DOMAINS else text_documents(source)
-        train_blocks, held_out[domain_name(source)] = domain_blocks(documents, tokenizer, args.block_size,
-                                                                    args.held_out_blocks, seed=args.split_seed)
-        new_train = train_blocks if new_train is None else new_train
-    return new_train, held_out
+        try:
+            splits = domain_splits(documents, tokenizer, args.block_size, seed=args.split_seed, min_blocks=min_blocks)
+        except ValueError as error:
+            raise ValueError(f"domain {source!r}: {error}") from error
+        name = domain_name(source)
+        validation[name], test[name] = splits["validation"].select(range(args.eval_blocks)), splits["test"]
+        new_train = splits["train"] if new_train is None else new_train
+    return new_train, validation, test
 
 
 def new_levels(strategy: str, args) -> list[dict]:
@@ -197,17 +207,17 @@ class RecordingDataset(torch.utils.data.Dataset):
         return self.blocks[i]
 
 
-def measure(model, held_out: dict, args) -> dict:
-    """Held-out perplexity per domain, as the training loop measures it (its evaluate, its batches)."""
-    batches = math.ceil(args.held_out_blocks / args.batch_size)
-    return {name: evaluate(model, DataLoader(blocks, args.batch_size, collate_fn=collate), ONE_PROCESS, batches)
-            for name, blocks in held_out.items()}
+def measure(model, blocks: dict, args) -> dict:
+    """Perplexity per domain over every block given (no gradients; a short last batch weighs by
+    its blocks): on full batches, what the training loop's evaluate gives for the curves."""
+    return {name: perplexity(model, b, math.ceil(len(b) / args.batch_size), args.batch_size) for name, b in blocks.items()}
 
 
-def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks, held_out: dict, args, before: dict):
-    """Train one strategy at one rate with one seed; returns (record, trained model). ``before``:
-    held-out perplexity of the pretrained Llama, which every strategy starts from (new CMS levels'
-    and LoRA's outputs start at zero)."""
+def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks, validation: dict, test: dict, args,
+            before: dict, validation_before: dict):
+    """Train one strategy at one rate with one seed; returns (record, trained model). ``before`` /
+    ``validation_before``: test / validation perplexity of the pretrained Llama, which every
+    strategy starts from (new CMS levels' and LoRA's outputs start at zero)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(strategy, llama, args)
@@ -215,26 +225,28 @@ def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks,
     run_dir = Path(args.output_dir) / strategy / f"lr_{lr:g}" / f"seed_{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    new_domain, *old_domains = held_out
+    new_domain, *old_domains = test
     config = TrainingConfig(
         output_dir=str(run_dir), max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=lr,
         warmup_steps=args.warmup_steps, cms_periods=cms_periods(strategy, args), eval_every=args.eval_every,
-        eval_batches=math.ceil(args.held_out_blocks / args.batch_size), save_every=0, seed=seed,
+        eval_batches=math.ceil(args.eval_blocks / args.batch_size), save_every=0, seed=seed,
     )
     data = RecordingDataset(train_blocks)
     train_start, train_cpu = time.perf_counter(), time.process_time()
-    state = train(model, data, held_out[new_domain], config, tokenizer,
-                  other_eval_datasets={name: held_out[name] for name in old_domains})
+    state = train(model, data, validation[new_domain], config, tokenizer,
+                  other_eval_datasets={name: validation[name] for name in old_domains})
     train_seconds, train_cpu = time.perf_counter() - train_start, time.process_time() - train_cpu
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     shutil.rmtree(run_dir / "final", ignore_errors=True)
-    curves = held_out_curves(state.history, new_domain, before)
-    after = {name: curve[-1][1] for name, curve in curves.items()}
+    curves = held_out_curves(state.history, new_domain, validation_before)
+    validation_after = {name: curve[-1][1] for name, curve in curves.items()}
+    after = measure(model, test, args)
     order = data.read[: args.max_steps * args.batch_size]  # the loader may have read one batch ahead
     losses = [[r["step"], r["loss"]] for r in state.history if "loss" in r]
     record = {
         "strategy": strategy, "learning_rate": lr, "seed": seed,
-        "before": before, "after": after, "curves": curves, "training_loss": losses,
+        "before": before, "after": after, "validation_before": validation_before, "validation_after": validation_after,
+        "curves": curves, "training_loss": losses,
         "new_domain_gain": before[new_domain] / after[new_domain],
         "old_domain_rise": {name: after[name] / before[name] - 1 for name in old_domains},
         "trainable_parameters": trainable, "total_parameters": sum(p.numel() for p in model.parameters()),
@@ -249,11 +261,12 @@ def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks,
 
 
 def log_distance(record: dict, new_domain: str, target: float) -> float:
-    return abs(math.log(record["after"][new_domain] / target))
+    return abs(math.log(record["validation_after"][new_domain] / target))
 
 
 def choose_rates(runs: list[dict], new_domain: str, target: float, sweep_seed: int) -> dict:
-    """Per strategy, the swept rate whose new-domain perplexity is closest (in log) to the target."""
+    """Per strategy, the swept rate whose new-domain validation perplexity is closest (in log) to
+    the target (the test split plays no part in the choice)."""
     chosen = {}
     for strategy in dict.fromkeys(r["strategy"] for r in runs):
         swept = [r for r in runs if r["strategy"] == strategy and r["seed"] == sweep_seed]
@@ -273,7 +286,7 @@ def summarize(runs: list[dict], chosen: dict, new_domain: str, target: float) ->
             "ppl_before": rs[0]["before"],
             "ppl_after": {d: stats([r["after"][d] for r in rs]) for d in domains},
             "new_domain_gain": stats([r["new_domain_gain"] for r in rs]),
-            "new_domain_off_target": stats([r["after"][new_domain] / target - 1 for r in rs]),
+            "new_domain_off_target": stats([r["validation_after"][new_domain] / target - 1 for r in rs]),
             "old_domain_rise": {d: stats([r["old_domain_rise"][d] for r in rs]) for d in rs[0]["old_domain_rise"]},
             "trainable_parameters": rs[0]["trainable_parameters"],
             "train_wall_s": stats([r["train_wall_s"] for r in rs]),
@@ -306,13 +319,13 @@ def plot(results: dict, png: Path) -> None:
             ax.axhline(results["target_perplexity"], color="black", lw=0.8, ls=":", label="target")
         ax.set_title(f"{domain} ({'new, trained on' if domain == new_domain else 'old, never trained on'})", fontsize=9)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("held-out perplexity")
+        ax.set_ylabel("validation perplexity")
     axes[0].legend(fontsize=7)
     trade = axes[-1]
     for strategy in chosen:
         rs = sorted((r for r in runs if r["strategy"] == strategy and r["seed"] == s["sweep_seed"]),
                     key=lambda r: r["learning_rate"])
-        xs = [r["after"][new_domain] for r in rs]
+        xs = [r["validation_after"][new_domain] for r in rs]
         ys = [100 * statistics.fmean(r["old_domain_rise"].values()) for r in rs]
         trade.plot(xs, ys, "o-", color=COLORS[strategy], label=strategy)
         for r, x, y in zip(rs, xs, ys):
@@ -320,8 +333,8 @@ def plot(results: dict, png: Path) -> None:
     trade.axvline(results["target_perplexity"], color="black", lw=0.8, ls=":")
     trade.axhline(0, color="gray", lw=0.6)
     trade.set_xscale("log")
-    trade.set_xlabel(f"{new_domain} held-out perplexity after (<- learned more)")
-    trade.set_ylabel(f"mean old-domain rise, % ({', '.join(old_domains)})")
+    trade.set_xlabel(f"{new_domain} validation perplexity after (<- learned more)")
+    trade.set_ylabel(f"mean old-domain test-split rise, % ({', '.join(old_domains)})")
     trade.set_title(f"learning-rate sweep, seed {s['sweep_seed']} (labels: rate)", fontsize=9)
     trade.legend(fontsize=7)
     fig.suptitle(f"{Path(s['model']).name}: {s['max_steps']} steps x {s['batch_size']}x{s['block_size']} tokens of "
@@ -332,8 +345,8 @@ def plot(results: dict, png: Path) -> None:
 
 
 def main(argv=None, on_trained=None) -> dict:
-    """Run the study; ``on_trained(record, model, held_out)`` (optional) sees each trained model
-    before it is dropped."""
+    """Run the study; ``on_trained(record, model, validation, test)`` (optional) sees each trained
+    model before it is dropped."""
     args = parse_args(argv)
     source = Path(args.model) if args.model else smollm2_gguf_path()
     if is_llama_cms_dir(source):
@@ -342,13 +355,17 @@ def main(argv=None, on_trained=None) -> dict:
     llama = load_plain_llama(source)
     llama.requires_grad_(False)  # the shared source; every strategy trains a copy
     tokenizer = load_tokenizer(source)
-    new_train, held_out = load_held_out_and_train(args, tokenizer)
-    new_domain = next(iter(held_out))
+    new_train, validation, test = load_splits(args, tokenizer)
+    new_domain = next(iter(test))
+    test_tokens = {name: len(blocks) * args.block_size for name, blocks in test.items()}
     tqdm.write(f"{source.name}: {len(new_train)} {new_domain} training blocks of {args.block_size} tokens; "
-               f"{args.held_out_blocks} held-out blocks per domain; loaded in {time.perf_counter() - start:.0f} s")
-    before = measure(llama, held_out, args)
-    target = before[new_domain] / args.target_gain
-    tqdm.write(f"pretrained model, held-out perplexity: {before}; target {new_domain} perplexity {target:.2f}")
+               f"{args.eval_blocks} validation blocks per domain (curves, rate choice); test split (reported): "
+               + ", ".join(f"{n} {t:,} tokens" for n, t in test_tokens.items())
+               + f"; loaded in {time.perf_counter() - start:.0f} s")
+    before, validation_before = measure(llama, test, args), measure(llama, validation, args)
+    target = validation_before[new_domain] / args.target_gain
+    tqdm.write(f"pretrained model, test-split perplexity: {before}; validation: {validation_before}; "
+               f"target {new_domain} validation perplexity {target:.2f}")
 
     sweeps = {strategy: args.lr_sweep or LR_SWEEP[strategy] for strategy in args.strategies}
     settings = {
@@ -360,7 +377,8 @@ def main(argv=None, on_trained=None) -> dict:
         "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
         "pretrained_period": args.pretrained_period, "slow_level_period": args.slow_level_period,
         "lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_targets": LORA_TARGETS,
-        "held_out_blocks_per_domain": args.held_out_blocks, "eval_every": args.eval_every,
+        "eval_blocks_per_domain": args.eval_blocks, "min_test_tokens": args.min_test_tokens,
+        "test_tokens_per_domain": test_tokens, "eval_every": args.eval_every,
         "split_seed": args.split_seed, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
         "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
     }
@@ -371,13 +389,20 @@ def main(argv=None, on_trained=None) -> dict:
         strategies={name: STRATEGIES[name] for name in args.strategies},
         target_perplexity=target,
         before=before,
+        validation_before=validation_before,
+        measured_on={"before_after_gain_rise": "test split, every test block", "test_tokens": test_tokens,
+                     "rate_choice_and_curves": f"validation split, the first {args.eval_blocks} blocks of every domain "
+                                               f"({args.eval_blocks * args.block_size:,} tokens)"},
         definitions={
-            "target_perplexity": "pretrained new-domain held-out perplexity / target_gain: every strategy's rate is "
-                                 "chosen so that its new-domain perplexity after training is closest to it (in log)",
-            "new_domain_gain": "new-domain held-out ppl before / after (> 1 = learned the new domain)",
-            "old_domain_rise": "old-domain held-out ppl after / before - 1 (0 = no forgetting)",
+            "target_perplexity": "pretrained new-domain validation perplexity / target_gain: every strategy's rate is "
+                                 "chosen so that its new-domain validation perplexity after training is closest to it "
+                                 "(in log)",
+            "before, after": "test-split perplexity per domain, every test block (test_tokens in measured_on)",
+            "new_domain_gain": "new-domain test-split ppl before / after (> 1 = learned the new domain)",
+            "old_domain_rise": "old-domain test-split ppl after / before - 1 (0 = no forgetting)",
+            "new_domain_off_target": "new-domain validation ppl after / target_perplexity - 1",
             "rise_vs_full_finetune": "a strategy's mean old-domain rise / full fine-tuning's, both at the matched gain",
-            "curves": "held-out perplexity per domain, [[step, ppl], ...], step 0 = the pretrained model",
+            "curves": "validation perplexity per domain, [[step, ppl], ...], step 0 = the pretrained model",
             "data_order_sha256": "hash of the training blocks in the order read: equal across strategies for one seed",
         },
     )
@@ -385,9 +410,10 @@ def main(argv=None, on_trained=None) -> dict:
     def run_and_record(strategy, lr, seed):
         if results.has({"strategy": strategy, "learning_rate": lr, "seed": seed}):
             return  # --resume: already run
-        record, model = run_one(strategy, lr, seed, llama, tokenizer, new_train, held_out, args, before)
+        record, model = run_one(strategy, lr, seed, llama, tokenizer, new_train, validation, test, args, before,
+                                validation_before)
         if on_trained is not None:
-            on_trained(record, model, held_out)
+            on_trained(record, model, validation, test)
         results.fields["total_wall_s"] = round(time.perf_counter() - start, 1)
         results.add(record)  # partial results survive a kill
         rises = ", ".join(f"{d} {100 * v:+.1f}%" for d, v in record["old_domain_rise"].items())
@@ -418,8 +444,11 @@ def main(argv=None, on_trained=None) -> dict:
 def print_table(results: dict) -> None:
     domains = list(results["before"])
     new_domain, old_domains = domains[0], domains[1:]
-    print(f"\ntarget {new_domain} perplexity {results['target_perplexity']:.2f} "
-          f"(pretrained {results['before'][new_domain]:.2f} / {results['settings']['target_gain']:g})")
+    tokens = results["settings"].get("test_tokens_per_domain")
+    print(f"\ntarget {new_domain} validation perplexity {results['target_perplexity']:.2f} (pretrained "
+          f"{results.get('validation_before', results['before'])[new_domain]:.2f} / {results['settings']['target_gain']:g}); "
+          + ("after and rises: test split, " + ", ".join(f"{d} {t:,} tokens" for d, t in tokens.items())
+             if tokens else "after and rises: held-out blocks"))
     print(f"{'strategy':<16} {'lr':>7} {'trainable':>11} {new_domain + ' after':>14} "
           + " ".join(f"{d + ' rise':>14}" for d in old_domains) + "   rise / full FT")
     for name, s in results["summary"].items():

@@ -61,10 +61,14 @@ def train_only_new_levels(model) -> int:
 
 @torch.no_grad()
 def perplexity(model, blocks, batches: int, batch_size: int) -> float:
-    """exp of the mean next-token loss over the first ``batches`` batches of ``blocks``."""
+    """exp of the mean next-token loss over the first ``batches`` batches of ``blocks`` (blocks of
+    one length: each batch weighs by its number of blocks, so a short last batch counts no more
+    than its blocks)."""
     model.eval()
-    losses = [model(input_ids=b, labels=b).loss for _, b in zip(range(batches), DataLoader(blocks, batch_size, collate_fn=collate))]
-    return math.exp(torch.stack(losses).mean().item())
+    with torch.inference_mode():
+        pairs = [(model(input_ids=b, labels=b).loss, len(b))
+                 for _, b in zip(range(batches), DataLoader(blocks, batch_size, collate_fn=collate))]
+    return math.exp(sum(loss.item() * n for loss, n in pairs) / sum(n for _, n in pairs))
 
 
 def held_out_curves(history: list[dict], new_domain: str, before: dict) -> dict:
@@ -86,8 +90,8 @@ def verdict(before: dict, after: dict, new_domain: str) -> str:
     return f"{head}; {old}" if old else head
 
 
-def plot_curves(losses: list, curves: dict, png, title: str = "") -> None:
-    """Training loss per step (left) beside each domain's held-out perplexity relative to step 0
+def plot_curves(losses: list, curves: dict, png, title: str = "", curve_label: str = "held-out perplexity") -> None:
+    """Training loss per step (left) beside each domain's ``curve_label`` relative to step 0
     (right, absolute values at the ends)."""
     import matplotlib
 
@@ -107,7 +111,7 @@ def plot_curves(losses: list, curves: dict, png, title: str = "") -> None:
     right.axhline(1.0, color="gray", lw=0.6)
     right.axhline(1.1, color="gray", lw=0.6, ls=":", label="+10%")
     right.set_xlabel("optimizer step")
-    right.set_ylabel("held-out perplexity / step 0")
+    right.set_ylabel(f"{curve_label} / step 0")
     right.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -2,11 +2,16 @@
 
 A domain is a list of documents: the Spanish and English Bible samples shipped in hope_hf/data
 (one chapter per document), and Python source from the running interpreter's own standard
-library (one file per document, from a fixed, sorted list of names). ``domain_blocks`` splits the
-documents into training and held-out ones with a fixed seed and packs each side into blocks, so
-the held-out blocks are the same on every run and share no document with the training blocks.
+library (one file per document, from a fixed, sorted list of names). ``domain_splits`` splits the
+documents into train, validation and test ones with a fixed seed and packs each split into
+blocks, so the validation and test blocks are the same on every run and no document is in two
+splits. Validation is for choices (recipes, rates, curves along training), test for the numbers
+reported. With SmolLM2's tokenizer and blocks of 128 tokens, the default fractions (validation
+5%, test 15%) give every default domain at least 86 test blocks (11,008 tokens) and 22
+validation blocks (docs/continual.md has the counts).
 """
 
+import math
 import sysconfig
 import warnings
 from pathlib import Path
@@ -66,32 +71,60 @@ def domain_documents(name: str) -> list[str]:
     raise ValueError(f"unknown domain {name!r}; allowed: {', '.join(DOMAINS)}")
 
 
-def domain_blocks(documents: list[str], tokenizer, block_size: int, held_out_blocks: int,
-                  held_out_fraction: float = 0.1, seed: int = 0):
-    """(training blocks, the first ``held_out_blocks`` held-out blocks), as torch-formatted
-    datasets. Documents are split (seeded, deterministic) before packing: no document, hence no
-    block, is on both sides."""
-    if held_out_blocks < 1:
-        raise ValueError(f"held_out_blocks must be >= 1, got {held_out_blocks}")
-    if not 0 < held_out_fraction < 1:
-        raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
+VALIDATION_FRACTION = 0.05
+TEST_FRACTION = 0.15
+MIN_TEST_TOKENS = 8192  # what the main job and the forgetting study report on, per domain
+SPLITS = ("train", "validation", "test")
+
+
+def domain_splits(documents: list[str], tokenizer, block_size: int, validation_fraction: float = VALIDATION_FRACTION,
+                  test_fraction: float = TEST_FRACTION, seed: int = 0, min_blocks: dict | None = None) -> dict:
+    """{"train", "validation", "test"}: each split's blocks as a torch-formatted dataset.
+
+    Documents are split (seeded, deterministic) before packing, so no document, hence no block,
+    is in two splits: first train against held-out (validation_fraction + test_fraction of the
+    documents, the same permutation as ``build_datasets``' split with this seed, so its smaller
+    held-out set lies inside this one), then the held-out documents into validation and test.
+    ``min_blocks`` ({split: n}, train defaults to 1): fewer blocks in a split is a ValueError
+    naming it."""
+    for name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0 < fraction < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {fraction}")
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(f"validation_fraction + test_fraction must be < 1, got {validation_fraction + test_fraction:g}")
+    minimum = {"train": 1, "validation": 1, "test": 1, **(min_blocks or {})}
+    for name, count in minimum.items():
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r} in min_blocks; allowed: {', '.join(SPLITS)}")
+        if count < 1:
+            raise ValueError(f"min_blocks[{name!r}] must be >= 1, got {count}")
     documents = [d for d in documents if d.strip()]
-    if len(documents) < 2:
-        raise ValueError(f"need at least two non-empty documents to hold some out, got {len(documents)}")
-    split = Dataset.from_dict({"text": documents}).train_test_split(test_size=held_out_fraction, seed=seed)
-    train, held_out = (pack_blocks(split[side], tokenizer, block_size) for side in ("train", "test"))
-    if len(held_out) < held_out_blocks:
-        raise ValueError(f"the held-out documents give {len(held_out)} blocks of {block_size} tokens, fewer than the "
-                         f"{held_out_blocks} asked for: raise held_out_fraction or lower block_size")
-    if len(train) == 0:
-        raise ValueError(f"the training documents hold fewer than block_size={block_size} tokens")
-    return train.with_format("torch"), held_out.select(range(held_out_blocks)).with_format("torch")
+    if len(documents) < 3:
+        raise ValueError(f"need at least three non-empty documents for train, validation and test, got {len(documents)}")
+    held = validation_fraction + test_fraction
+    first = Dataset.from_dict({"text": documents}).train_test_split(test_size=held, seed=seed)
+    if len(first["test"]) < 2:
+        raise ValueError(f"only {len(first['test'])} of {len(documents)} documents held out: raise validation_fraction "
+                         f"or test_fraction, or give more documents")
+    # test_fraction / held of the held-out documents, rounded up (as train_test_split rounds a
+    # fraction), but at least one left for validation
+    test_count = min(len(first["test"]) - 1, math.ceil(test_fraction / held * len(first["test"])))
+    second = first["test"].train_test_split(test_size=test_count, seed=seed)
+    sides = {"train": first["train"], "validation": second["train"], "test": second["test"]}
+    splits = {name: pack_blocks(sides[name], tokenizer, block_size) for name in SPLITS}
+    for name in SPLITS:
+        if len(splits[name]) < minimum[name]:
+            raise ValueError(f"the {name} split ({len(sides[name])} documents) gives {len(splits[name])} blocks of "
+                             f"{block_size} tokens, fewer than the {minimum[name]} asked for: "
+                             f"{'lower the fractions' if name == 'train' else 'raise ' + name + '_fraction'} or lower block_size")
+    return {name: blocks.with_format("torch") for name, blocks in splits.items()}
 
 
-def load_domain(name: str, tokenizer, block_size: int, held_out_blocks: int, held_out_fraction: float = 0.1, seed: int = 0):
-    """(training blocks, held-out blocks) of a named domain: spanish, english or code."""
-    return domain_blocks(domain_documents(name), tokenizer, block_size, held_out_blocks, held_out_fraction, seed)
+def load_domain(name: str, tokenizer, block_size: int, **kwargs) -> dict:
+    """{"train", "validation", "test"} blocks of a named domain (spanish, english or code);
+    ``kwargs`` go to ``domain_splits``."""
+    return domain_splits(domain_documents(name), tokenizer, block_size, **kwargs)
 
 
-__all__ = ["DOMAINS", "STDLIB_FILES", "domain_blocks", "domain_documents", "load_domain", "stdlib_source_documents",
-           "text_documents"]
+__all__ = ["DOMAINS", "MIN_TEST_TOKENS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "VALIDATION_FRACTION", "domain_documents",
+           "domain_splits", "load_domain", "stdlib_source_documents", "text_documents"]
