@@ -14,7 +14,7 @@ source of this interpreter's standard library), or .txt files (one document a li
 Every domain's documents are split into train, validation and test (hope_hf.training.domains,
 seeded, no document in two splits). The curves along training use the first --eval-blocks
 validation blocks of every domain (fast); the before/after perplexities, the verdict and
-results.json use every test block, at least --min-test-tokens (8,192) test tokens per domain, and
+results.json use the first --test-tokens (8,192) test-split tokens of every domain, and
 say how many. Generates a sample (greedy, with a repetition penalty and no repeated 3-grams),
 saves the model and writes results.json and loss_curve.png (training loss beside every domain's
 validation curve).
@@ -45,7 +45,7 @@ from hope_hf.training.continual import (
     train_only_new_levels,
     verdict,
 )
-from hope_hf.training.domains import DOMAINS, MIN_TEST_TOKENS, domain_documents, domain_splits, text_documents
+from hope_hf.training.domains import DOMAINS, TEST_TOKENS, domain_documents, domain_splits, text_documents
 from hope_hf.training.hub import SMOLLM2_HUB_ID, finish_model_folder, model_card
 
 PROMPTS = {"spanish": "En el principio", "english": "In the beginning", "code": "def "}
@@ -56,12 +56,12 @@ def domain_name(source: str) -> str:
 
 
 def load_domains(args, tokenizer, max_length: int):
-    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: every
-    test block}), the new domain first."""
+    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: its first
+    --test-tokens test blocks}), the new domain first."""
     if args.block_size > max_length:
         raise ValueError(f"block_size {args.block_size} is over the model's maximum ({max_length} positions)")
     validation, test, new_train = {}, {}, None
-    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.min_test_tokens / args.block_size)}
+    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.test_tokens / args.block_size)}
     for source in (args.data, *args.old_data):
         if source not in DOMAINS and not Path(source).is_file():
             raise FileNotFoundError(f"domain {source!r} is neither one of {', '.join(DOMAINS)} nor a file")
@@ -71,7 +71,8 @@ def load_domains(args, tokenizer, max_length: int):
         except ValueError as error:
             raise ValueError(f"domain {source!r}: {error}") from error
         name = domain_name(source)
-        validation[name], test[name] = splits["validation"].select(range(args.eval_blocks)), splits["test"]
+        validation[name] = splits["validation"].select(range(args.eval_blocks))
+        test[name] = splits["test"].select(range(min_blocks["test"]))
         new_train = splits["train"] if new_train is None else new_train
     return new_train, validation, test
 
@@ -88,9 +89,9 @@ def main():
     parser.add_argument("--data", default="spanish", help=f"new domain: one of {', '.join(DOMAINS)} or a .txt file")
     parser.add_argument("--old-data", nargs="+", default=["english", "code"], help="old domains (never trained on)")
     parser.add_argument("--eval-blocks", type=int, default=8,
-                        help="validation blocks per domain for the curves along training (before/after: every test block)")
-    parser.add_argument("--min-test-tokens", type=int, default=MIN_TEST_TOKENS,
-                        help="fewer test-split tokens in a domain is an error")
+                        help="validation blocks per domain for the curves along training (before/after: the first --test-tokens of the test split)")
+    parser.add_argument("--test-tokens", type=int, default=TEST_TOKENS,
+                        help="test-split tokens per domain that before/after are measured on (the first blocks of the split); fewer is an error")
     parser.add_argument("--new-level-size", type=int, default=384)
     parser.add_argument("--slow-level-period", type=int, default=0, help="> 0: also a new slow level of this period")
     parser.add_argument("--pretrained-period", type=int, default=1_000_000, help="level 0 period (default: frozen in practice)")
@@ -104,8 +105,8 @@ def main():
     args = parser.parse_args()
     if args.eval_blocks < 1:
         parser.error(f"--eval-blocks must be >= 1, got {args.eval_blocks}")
-    if args.min_test_tokens < 1:
-        parser.error(f"--min-test-tokens must be >= 1, got {args.min_test_tokens}")
+    if args.test_tokens < 1:
+        parser.error(f"--test-tokens must be >= 1, got {args.test_tokens}")
     if domain_name(args.data) in map(domain_name, args.old_data):
         parser.error(f"the new domain {args.data!r} cannot also be an old domain")
     args.eval_batches = math.ceil(args.eval_blocks / args.batch_size)  # every validation block, every evaluation
@@ -165,7 +166,7 @@ def main():
     results = {
         "command": shlex.join(["python", "scripts/continual_pretrain.py", *sys.argv[1:]]),
         "verdict": line, "before": before, "after": after,
-        "measured_on": {"before_after_verdict": "test split, every test block", "test_tokens": test_tokens,
+        "measured_on": {"before_after_verdict": "test split, its first --test-tokens tokens", "test_tokens": test_tokens,
                         "test_blocks": {name: len(blocks) for name, blocks in test.items()},
                         "curves": f"validation split, the first {args.eval_blocks} blocks of every domain "
                                   f"({args.eval_blocks * args.block_size:,} tokens)"},
@@ -179,7 +180,7 @@ def main():
                      "slow_level_period": args.slow_level_period, "pretrained_period": args.pretrained_period,
                      "max_steps": args.max_steps, "batch_size": args.batch_size, "block_size": args.block_size,
                      "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
-                     "eval_blocks_per_domain": args.eval_blocks, "min_test_tokens": args.min_test_tokens,
+                     "eval_blocks_per_domain": args.eval_blocks, "test_tokens": args.test_tokens,
                      "split": "documents split before packing, seed 0: validation 5%, test 15%, train the rest "
                               "(hope_hf.training.domains)", "seed": args.seed,
                      "training_blocks": len(new_train), "threads": torch.get_num_threads()},

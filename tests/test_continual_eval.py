@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 
 def common_args(folder: Path, out: Path, *extra) -> list[str]:
     return ["--model", str(folder / "llama"), "--data", str(folder / "new.txt"), "--old-data", str(folder / "old.txt"),
-            "--block-size", "32", "--batch-size", "2", "--eval-blocks", "4", "--min-test-tokens", "128", "--new-level-size", "16",
+            "--block-size", "32", "--batch-size", "2", "--eval-blocks", "4", "--test-tokens", "128", "--new-level-size", "16",
             "--pretrained-period", str(PERIOD), "--slow-level-period", str(PERIOD), "--warmup-steps", "0",
             "--eval-every", "1", "--lora-rank", "2", "--output-dir", str(out / "runs"),
             "--output", str(out / "continual_forgetting.json"), *extra]
@@ -95,9 +95,9 @@ def run_study(setup, out: Path, *extra):
         diffs[key] = (lora_changed if record["strategy"] == "lora" else changed)(llama, model)
         states[key] = model.state_dict()
         # the reported perplexities after training are those of the trained model, on every domain:
-        # "after" on every test block (>= --min-test-tokens), "validation_after" on the 4 validation blocks
+        # "after" on the first --test-tokens (4 blocks of 32) of the test split, "validation_after" on 4 validation blocks
         for domain in test:
-            assert len(validation[domain]) == 4 and len(test[domain]) * 32 >= 128
+            assert len(validation[domain]) == 4 and len(test[domain]) * 32 == 128
             assert record["after"][domain] == pytest.approx(perplexity(model, test[domain], len(test[domain]), 1), rel=1e-5)
             assert record["validation_after"][domain] == pytest.approx(perplexity(model, validation[domain], 2, 2), rel=1e-5)
 

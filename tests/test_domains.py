@@ -9,7 +9,7 @@ import pytest
 from hope_hf.training import train_bpe_tokenizer
 from hope_hf.training.domains import (
     DOMAINS,
-    MIN_TEST_TOKENS,
+    TEST_TOKENS,
     SPLITS,
     STDLIB_FILES,
     domain_documents,
@@ -110,7 +110,7 @@ def test_default_domains_hold_at_least_8192_test_tokens_with_smollm2s_tokenizer(
 
     tokenizer = load_tokenizer(smollm2_gguf_path())
     blocks = {name: {split: len(b) for split, b in load_domain(name, tokenizer, 128).items()} for name in DOMAINS}
-    assert all(counts["test"] * 128 >= MIN_TEST_TOKENS and counts["validation"] >= 8 for counts in blocks.values())
+    assert all(counts["test"] * 128 >= TEST_TOKENS and counts["validation"] >= 8 for counts in blocks.values())
     assert blocks == {"spanish": {"train": 559, "validation": 34, "test": 129},
                       "english": {"train": 452, "validation": 22, "test": 86},
                       "code": {"train": 2546, "validation": 191, "test": 519}}

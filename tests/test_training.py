@@ -135,7 +135,7 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "continual_pretrain.py"), "--model", str(tmp_path / "llama"),
          "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "code", "--new-level-size", "16",
-         "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--eval-blocks", "3", "--min-test-tokens", "256",
+         "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--eval-blocks", "3", "--test-tokens", "256",
          "--slow-level-period", "2", "--max-new-tokens", "12", "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
     )
@@ -143,19 +143,19 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     assert "test-split perplexity" in result.stdout and all(d in result.stdout for d in ("new", "old", "code"))
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(results["before"]) == list(results["after"]) == ["new", "old", "code"]
-    # before/after: every test block (>= --min-test-tokens each), stated in the output; curves: 3 validation blocks
+    # before/after: the first --test-tokens (8 blocks) of the test split, stated in the output; curves: 3 validation blocks
     sources = {"new": text_documents(tmp_path / "new.txt"), "old": text_documents(tmp_path / "old.txt"),
                "code": domain_documents("code")}
     splits = {d: domain_splits(docs, tokenizer, 32, seed=0) for d, docs in sources.items()}
-    assert results["measured_on"]["test_tokens"] == {d: 32 * len(s["test"]) for d, s in splits.items()}
-    assert results["measured_on"]["test_blocks"] == {d: len(s["test"]) for d, s in splits.items()}
-    assert all(tokens >= 256 for tokens in results["measured_on"]["test_tokens"].values())
+    assert results["measured_on"]["test_tokens"] == {d: 256 for d in splits}
+    assert results["measured_on"]["test_blocks"] == {d: 8 for d in splits}
+    assert all(len(s["test"]) >= 8 for s in splits.values())
     assert "test split" in results["measured_on"]["before_after_verdict"]
     assert all(f"{d} {t:,} tokens" in result.stdout for d, t in results["measured_on"]["test_tokens"].items())
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     for domain, curve in results["curves"].items():  # step 0 = the untrained model, then every 2 steps
         assert [step for step, _ in curve] == [0, 2, 4]
-        validation, test = splits[domain]["validation"].select(range(3)), splits[domain]["test"]
+        validation, test = splits[domain]["validation"].select(range(3)), splits[domain]["test"].select(range(8))
         assert curve[-1][1] == pytest.approx(perplexity(final, validation, 2, 2), rel=1e-4)
         assert results["after"][domain] == pytest.approx(perplexity(final, test, len(test), 1), rel=1e-4)
     gain = results["before"]["new"] / results["after"]["new"]

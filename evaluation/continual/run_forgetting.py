@@ -15,7 +15,7 @@ seeded, no document in two splits). Each strategy trains at every rate of its sm
 sweep (seed --sweep-seed); the rate whose new-domain VALIDATION perplexity ends closest (in log)
 to the common target (pretrained validation perplexity / --target-gain) is chosen and run with the
 other seeds too. The reported before/after perplexities, gains and old-domain rises are on the
-TEST split, every test block (at least --min-test-tokens, 8,192, tokens per domain). Validation
+TEST split, its first --test-tokens (8,192) tokens per domain. Validation
 perplexity of every domain (the first --eval-blocks blocks) is measured every --eval-every steps
 (step 0 included): the curves.
 
@@ -59,7 +59,7 @@ from hope_hf.training.continual import (
     retrofit_with_fast_level,
     train_only_new_levels,
 )
-from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, MIN_TEST_TOKENS, domain_documents, domain_splits, text_documents
+from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, TEST_TOKENS, domain_documents, domain_splits, text_documents
 
 NAME = "continual_forgetting"
 STRATEGIES = {
@@ -110,8 +110,8 @@ def parse_args(argv=None):
     add_options(parser, max_steps=20, warmup_steps=3, batch_size=2, block_size=128)
     parser.add_argument("--eval-blocks", type=int, default=8,
                         help="validation blocks per domain for the curves and the rate choice (the same every run)")
-    parser.add_argument("--min-test-tokens", type=int, default=MIN_TEST_TOKENS,
-                        help="fewer test-split tokens in a domain is an error (before/after use every test block)")
+    parser.add_argument("--test-tokens", type=int, default=TEST_TOKENS,
+                        help="test-split tokens per domain that before/after are measured on (the first blocks of the split); fewer is an error")
     parser.add_argument("--eval-every", type=int, default=10, help="validation perplexity of every domain every N steps")
     parser.add_argument("--new-level-size", type=int, default=384, help="hidden size of each new level, (b), (c), (d)")
     parser.add_argument("--pretrained-period", type=int, default=10, help="level 0's period in optimizer steps, (b)")
@@ -122,7 +122,7 @@ def parse_args(argv=None):
     add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     for name in ("max_steps", "batch_size", "block_size", "new_level_size", "pretrained_period", "slow_level_period",
-                 "eval_blocks", "min_test_tokens", "eval_every", "lora_rank"):
+                 "eval_blocks", "test_tokens", "eval_every", "lora_rank"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if len(set(args.seeds)) != len(args.seeds):
@@ -143,10 +143,10 @@ def domain_name(source: str) -> str:
 
 
 def load_splits(args, tokenizer):
-    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: every
-    test block}), the new domain first."""
+    """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: its first
+    --test-tokens test blocks}), the new domain first."""
     validation, test, new_train = {}, {}, None
-    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.min_test_tokens / args.block_size)}
+    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.test_tokens / args.block_size)}
     for source in (args.data, *args.old_data):
         documents = domain_documents(source) if source in NAMED_DOMAINS else text_documents(source)
         try:
@@ -154,7 +154,8 @@ def load_splits(args, tokenizer):
         except ValueError as error:
             raise ValueError(f"domain {source!r}: {error}") from error
         name = domain_name(source)
-        validation[name], test[name] = splits["validation"].select(range(args.eval_blocks)), splits["test"]
+        validation[name] = splits["validation"].select(range(args.eval_blocks))
+        test[name] = splits["test"].select(range(min_blocks["test"]))
         new_train = splits["train"] if new_train is None else new_train
     return new_train, validation, test
 
@@ -377,7 +378,7 @@ def main(argv=None, on_trained=None) -> dict:
         "warmup_steps": args.warmup_steps, "new_level_size": args.new_level_size,
         "pretrained_period": args.pretrained_period, "slow_level_period": args.slow_level_period,
         "lora_rank": args.lora_rank, "lora_alpha": 2 * args.lora_rank, "lora_targets": LORA_TARGETS,
-        "eval_blocks_per_domain": args.eval_blocks, "min_test_tokens": args.min_test_tokens,
+        "eval_blocks_per_domain": args.eval_blocks, "test_tokens": args.test_tokens,
         "test_tokens_per_domain": test_tokens, "eval_every": args.eval_every,
         "split_seed": args.split_seed, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
         "target_gain": args.target_gain, "training_blocks": len(new_train), "threads": torch.get_num_threads(),
@@ -390,14 +391,14 @@ def main(argv=None, on_trained=None) -> dict:
         target_perplexity=target,
         before=before,
         validation_before=validation_before,
-        measured_on={"before_after_gain_rise": "test split, every test block", "test_tokens": test_tokens,
+        measured_on={"before_after_gain_rise": "test split, its first --test-tokens tokens", "test_tokens": test_tokens,
                      "rate_choice_and_curves": f"validation split, the first {args.eval_blocks} blocks of every domain "
                                                f"({args.eval_blocks * args.block_size:,} tokens)"},
         definitions={
             "target_perplexity": "pretrained new-domain validation perplexity / target_gain: every strategy's rate is "
                                  "chosen so that its new-domain validation perplexity after training is closest to it "
                                  "(in log)",
-            "before, after": "test-split perplexity per domain, every test block (test_tokens in measured_on)",
+            "before, after": "test-split perplexity per domain, on its first --test-tokens tokens (test_tokens in measured_on)",
             "new_domain_gain": "new-domain test-split ppl before / after (> 1 = learned the new domain)",
             "old_domain_rise": "old-domain test-split ppl after / before - 1 (0 = no forgetting)",
             "new_domain_off_target": "new-domain validation ppl after / target_perplexity - 1",

@@ -73,7 +73,7 @@ def domain_documents(name: str) -> list[str]:
 
 VALIDATION_FRACTION = 0.05
 TEST_FRACTION = 0.15
-MIN_TEST_TOKENS = 8192  # what the main job and the forgetting study report on, per domain
+TEST_TOKENS = 8192  # test-split tokens per domain that the main job and the forgetting study report on
 SPLITS = ("train", "validation", "test")
 
 
@@ -126,5 +126,5 @@ def load_domain(name: str, tokenizer, block_size: int, **kwargs) -> dict:
     return domain_splits(domain_documents(name), tokenizer, block_size, **kwargs)
 
 
-__all__ = ["DOMAINS", "MIN_TEST_TOKENS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "VALIDATION_FRACTION", "domain_documents",
+__all__ = ["DOMAINS", "TEST_TOKENS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "VALIDATION_FRACTION", "domain_documents",
            "domain_splits", "load_domain", "stdlib_source_documents", "text_documents"]
