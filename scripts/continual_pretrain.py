@@ -45,14 +45,10 @@ from hope_hf.training.continual import (
     train_only_new_levels,
     verdict,
 )
-from hope_hf.training.domains import DOMAINS, TEST_TOKENS, domain_documents, domain_splits, text_documents
+from hope_hf.training.domains import DOMAINS, TEST_TOKENS, domain_name, new_and_old_domains
 from hope_hf.training.hub import SMOLLM2_HUB_ID, finish_model_folder, model_card
 
 PROMPTS = {"spanish": "En el principio", "english": "In the beginning", "code": "def "}
-
-
-def domain_name(source: str) -> str:
-    return source if source in DOMAINS else Path(source).stem
 
 
 def load_domains(args, tokenizer, max_length: int):
@@ -60,21 +56,8 @@ def load_domains(args, tokenizer, max_length: int):
     --test-tokens test blocks}), the new domain first."""
     if args.block_size > max_length:
         raise ValueError(f"block_size {args.block_size} is over the model's maximum ({max_length} positions)")
-    validation, test, new_train = {}, {}, None
-    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.test_tokens / args.block_size)}
-    for source in (args.data, *args.old_data):
-        if source not in DOMAINS and not Path(source).is_file():
-            raise FileNotFoundError(f"domain {source!r} is neither one of {', '.join(DOMAINS)} nor a file")
-        documents = domain_documents(source) if source in DOMAINS else text_documents(source)
-        try:
-            splits = domain_splits(documents, tokenizer, args.block_size, seed=0, min_blocks=min_blocks)
-        except ValueError as error:
-            raise ValueError(f"domain {source!r}: {error}") from error
-        name = domain_name(source)
-        validation[name] = splits["validation"].select(range(args.eval_blocks))
-        test[name] = splits["test"].select(range(min_blocks["test"]))
-        new_train = splits["train"] if new_train is None else new_train
-    return new_train, validation, test
+    return new_and_old_domains([args.data, *args.old_data], tokenizer, args.block_size, args.eval_blocks,
+                               args.test_tokens)
 
 
 def generation_config(tokenizer, max_new_tokens: int) -> GenerationConfig:

@@ -59,7 +59,7 @@ from hope_hf.training.continual import (
     retrofit_with_fast_level,
     train_only_new_levels,
 )
-from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, TEST_TOKENS, domain_documents, domain_splits, text_documents
+from hope_hf.training.domains import DOMAINS as NAMED_DOMAINS, TEST_TOKENS, new_and_old_domains
 
 NAME = "continual_forgetting"
 STRATEGIES = {
@@ -138,26 +138,11 @@ def parse_args(argv=None):
     return args
 
 
-def domain_name(source: str) -> str:
-    return source if source in NAMED_DOMAINS else Path(source).stem
-
-
 def load_splits(args, tokenizer):
     """(new-domain training blocks, {domain: first --eval-blocks validation blocks}, {domain: its first
     --test-tokens test blocks}), the new domain first."""
-    validation, test, new_train = {}, {}, None
-    min_blocks = {"validation": args.eval_blocks, "test": math.ceil(args.test_tokens / args.block_size)}
-    for source in (args.data, *args.old_data):
-        documents = domain_documents(source) if source in NAMED_DOMAINS else text_documents(source)
-        try:
-            splits = domain_splits(documents, tokenizer, args.block_size, seed=args.split_seed, min_blocks=min_blocks)
-        except ValueError as error:
-            raise ValueError(f"domain {source!r}: {error}") from error
-        name = domain_name(source)
-        validation[name] = splits["validation"].select(range(args.eval_blocks))
-        test[name] = splits["test"].select(range(min_blocks["test"]))
-        new_train = splits["train"] if new_train is None else new_train
-    return new_train, validation, test
+    return new_and_old_domains([args.data, *args.old_data], tokenizer, args.block_size, args.eval_blocks,
+                               args.test_tokens, seed=args.split_seed)
 
 
 def new_levels(strategy: str, args) -> list[dict]:

@@ -126,5 +126,32 @@ def load_domain(name: str, tokenizer, block_size: int, **kwargs) -> dict:
     return domain_splits(domain_documents(name), tokenizer, block_size, **kwargs)
 
 
-__all__ = ["DOMAINS", "TEST_TOKENS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "VALIDATION_FRACTION", "domain_documents",
-           "domain_splits", "load_domain", "stdlib_source_documents", "text_documents"]
+def domain_name(source: str) -> str:
+    """A named domain's name, or a .txt file's stem."""
+    return source if source in DOMAINS else Path(source).stem
+
+
+def new_and_old_domains(sources: list[str], tokenizer, block_size: int, eval_blocks: int, test_tokens: int,
+                        seed: int = 0):
+    """(training blocks of the first domain, {domain: its first ``eval_blocks`` validation blocks},
+    {domain: its first ``test_tokens`` test tokens, in blocks}) for named domains or .txt files
+    (one document a line), the first one the new domain."""
+    validation, test, new_train = {}, {}, None
+    min_blocks = {"validation": eval_blocks, "test": math.ceil(test_tokens / block_size)}
+    for source in sources:
+        if source not in DOMAINS and not Path(source).is_file():
+            raise FileNotFoundError(f"domain {source!r} is neither one of {', '.join(DOMAINS)} nor a file")
+        documents = domain_documents(source) if source in DOMAINS else text_documents(source)
+        try:
+            splits = domain_splits(documents, tokenizer, block_size, seed=seed, min_blocks=min_blocks)
+        except ValueError as error:
+            raise ValueError(f"domain {source!r}: {error}") from error
+        validation[domain_name(source)] = splits["validation"].select(range(eval_blocks))
+        test[domain_name(source)] = splits["test"].select(range(min_blocks["test"]))
+        new_train = splits["train"] if new_train is None else new_train
+    return new_train, validation, test
+
+
+__all__ = ["DOMAINS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "TEST_TOKENS", "VALIDATION_FRACTION", "domain_documents",
+           "domain_name", "domain_splits", "load_domain", "new_and_old_domains", "stdlib_source_documents",
+           "text_documents"]
