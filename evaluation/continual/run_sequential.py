@@ -245,7 +245,7 @@ def main(argv=None):
         return next(r for r in results.runs if all(r.get(k) == v for k, v in cell.items()))
 
     families = {VARIANTS[v][:2]: v for v in args.models}  # phase 1 is the same for every strategy of a family
-    chosen = {}
+    chosen = dict(results.fields.get("chosen_lr", {}))  # a resumed file keeps its other families' choices
     for (family, periods), variant in families.items():
         sweep = [run({"kind": "lr_sweep", "family": family, "periods": list(periods), "lr": lr, "seed": 0},
                      fn=lambda lr=lr: learn_sequence(variant, lr, 0, blocks, shape, args, phases=1))
