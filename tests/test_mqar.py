@@ -24,7 +24,7 @@ from hope_hf.evaluation.mqar import (
     oracle_answers,
     train_mqar,
 )
-from hope_hf.modeling.gated_deltanet_baseline import GatedDeltaNetMixer, gated_delta_rule
+from hope_hf.modeling.gated_deltanet_baseline import gated_delta_rule
 
 
 def test_batches_put_pairs_first_queries_later_and_answers_only_in_labels():

@@ -173,9 +173,9 @@ def port_pilot_step(model, ids, train_section: dict):
     seq_len = ids.shape[1]
 
     def step():
-        for start in range(0, seq_len, chunk_size):
-            chunk = ids[:, max(start - 1, 0): start + chunk_size]
-            port_chunk_update(model, chunk, outer_backward=True, finalize=start + chunk_size >= seq_len)
+        for offset in range(0, seq_len, chunk_size):
+            chunk = ids[:, max(offset - 1, 0): offset + chunk_size]
+            port_chunk_update(model, chunk, outer_backward=True, finalize=offset + chunk_size >= seq_len)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -186,9 +186,9 @@ def port_online_read(model, ids, segment_size: int):
     """The port's test-time mode: a fresh fast state learns from each segment in turn."""
     def read():
         fast_state = model.init_fast_state()
-        for start in range(0, ids.shape[1], segment_size):
-            port_chunk_update(model, ids[:, start: start + segment_size], fast_state=fast_state,
-                              finalize=start + segment_size >= ids.shape[1])
+        for offset in range(0, ids.shape[1], segment_size):
+            port_chunk_update(model, ids[:, offset: offset + segment_size], fast_state=fast_state,
+                              finalize=offset + segment_size >= ids.shape[1])
 
     return read
 
