@@ -239,10 +239,7 @@ def main(argv=None):
     results.save(shape=asdict(shape), data={d: {s: b.numel() for s, b in bs.items()} for d, bs in blocks.items()})
 
     def run(cell, fn):
-        """The record of ``cell``: run now unless the file holds it."""
-        if not results.has(cell):
-            results.add({**cell, **fn()})
-        return next(r for r in results.runs if all(r.get(k) == v for k, v in cell.items()))
+        return results.run(cell, lambda _: fn())[0]
 
     families = {VARIANTS[v][:2]: v for v in args.models}  # phase 1 is the same for every strategy of a family
     chosen = dict(results.fields.get("chosen_lr", {}))  # a resumed file keeps its other families' choices

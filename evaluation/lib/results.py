@@ -106,10 +106,22 @@ class ResultsFile:
             self.fields = {k: v for k, v in earlier.items() if k not in (*HEADER, "runs")}
             self.runs = earlier["runs"]
 
-    def has(self, cell: dict) -> bool:
-        """Whether a run with every key/value of ``cell`` is already recorded."""
+    def find(self, cell: dict) -> dict | None:
+        """The recorded run with every key/value of ``cell``, or None."""
         cell = jsonable(cell)
-        return any(all(run.get(k) == v for k, v in cell.items()) for run in self.runs)
+        return next((run for run in self.runs if all(run.get(k) == v for k, v in cell.items())), None)
+
+    def has(self, cell: dict) -> bool:
+        return self.find(cell) is not None
+
+    def run(self, cell: dict, run_cell: Callable[[dict], dict]) -> tuple[dict, bool]:
+        """(the record of ``cell``, whether it ran now): ``run_cell(cell)`` runs and is recorded
+        unless the file already holds the cell."""
+        found = self.find(cell)
+        if found is not None:
+            return found, False
+        self.add({**cell, **run_cell(cell)})
+        return self.runs[-1], True
 
     def add(self, run: dict) -> None:
         """Record one cell's run and write the file."""
@@ -141,14 +153,14 @@ def run_cells(results: ResultsFile, cells: list[dict], run_cell: Callable[[dict]
     (e.g. a summary and a plot) runs after each. The file's ``complete`` says whether every cell
     asked for is in it. Returns the runs of the cells asked for."""
     results.save(complete=False)
+    runs = []
     for cell in cells:
-        if results.has(cell):
-            continue
-        results.add({**cell, **run_cell(cell)})
-        if after is not None:
+        run, ran = results.run(cell, run_cell)
+        runs.append(run)
+        if ran and after is not None:
             after(results)
     results.save(complete=True)  # every cell asked for is in the file
-    return [run for run in results.runs if any(all(run.get(k) == v for k, v in jsonable(c).items()) for c in cells)]
+    return runs
 
 
 __all__ = ["COMMITTED", "HEADER", "OUTPUTS", "ResultsFile", "add_output_arguments", "command_line", "jsonable",
