@@ -16,8 +16,9 @@ seeded, no document in two splits). The curves along training use the first --ev
 validation blocks of every domain (fast); the before/after perplexities, the verdict and
 results.json use the first --test-tokens (8,192) test-split tokens of every domain, and
 say how many. Generates a sample (greedy, with a repetition penalty and no repeated 3-grams),
-saves the model and writes results.json and loss_curve.png (training loss beside every domain's
-validation curve).
+chooses the saved model's test-time learning rule on --calibrate-tokens validation tokens of every
+domain (hope_hf.training.calibration; config.json's test_time_learning), saves the model and
+writes results.json and loss_curve.png (training loss beside every domain's validation curve).
 """
 
 import argparse
@@ -36,6 +37,7 @@ from transformers import GenerationConfig
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from hope_hf.data import smollm2_gguf_path
 from hope_hf.training import train
+from hope_hf.training.calibration import CALIBRATION_TOKENS, calibrate_on_domains
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
 from hope_hf.training.continual import (
     held_out_curves,
@@ -81,6 +83,8 @@ def main():
     parser.add_argument("--train-everything", action="store_true", help="also train level 0, attention, embeddings, norms")
     parser.add_argument("--prompt", default=None, help="sample prompt (default: one for the new domain)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--calibrate-tokens", type=int, default=CALIBRATION_TOKENS,
+                        help="validation tokens per domain on which the saved model's test-time learning rule is chosen (0: keep from_llama's)")
     parser.add_argument("--base-model-id", default=None,
                         help=f"the Hub id of the starting model, for the model card (default: {SMOLLM2_HUB_ID} for the default GGUF)")
     add_training_arguments(parser, output_dir="outputs/continual_pretrain", block_size=128, max_steps=20, batch_size=4,
@@ -88,6 +92,8 @@ def main():
     args = parser.parse_args()
     if args.eval_blocks < 1:
         parser.error(f"--eval-blocks must be >= 1, got {args.eval_blocks}")
+    if args.calibrate_tokens < 0:
+        parser.error(f"--calibrate-tokens must be >= 0, got {args.calibrate_tokens}")
     if args.test_tokens < 1:
         parser.error(f"--test-tokens must be >= 1, got {args.test_tokens}")
     if domain_name(args.data) in map(domain_name, args.old_data):
@@ -141,6 +147,11 @@ def main():
     stamp("sample generated")
 
     output_dir = Path(args.output_dir)
+    calibration = None
+    if args.calibrate_tokens:
+        calibration = calibrate_on_domains(model, tokenizer, [args.data, *args.old_data], args.calibrate_tokens,
+                                           folder=output_dir / "final")
+        stamp("test-time learning rule calibrated on the validation split (config.json: test_time_learning)")
     curves = held_out_curves(state.history, new_domain, before_validation) if before_validation else {}
     losses = [[r["step"], r["loss"]] for r in state.history if "loss" in r]
     plot_curves(losses, curves, output_dir / "loss_curve.png", curve_label=f"validation perplexity ({args.eval_blocks} blocks)",
@@ -153,7 +164,7 @@ def main():
                         "test_blocks": {name: len(blocks) for name, blocks in test.items()},
                         "curves": f"validation split, the first {args.eval_blocks} blocks of every domain "
                                   f"({args.eval_blocks * args.block_size:,} tokens)"},
-        "curves": curves, "training_loss": losses,
+        "curves": curves, "training_loss": losses, "test_time_learning": calibration,
         "sample": {"prompt": prompt, "text": sample,
                    "generation": {k: v for k, v in generation_config(tokenizer, args.max_new_tokens).to_diff_dict().items()
                                   if k != "transformers_version"}},

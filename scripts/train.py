@@ -6,7 +6,9 @@
     python scripts/train.py --resume-from outputs/train/checkpoints/step_200   # same arguments otherwise
 
 The model is a preset name or a HopeConfig JSON file (--config). The tokenizer is a local folder
-(--tokenizer) or a byte-level BPE trained on the training text.
+(--tokenizer) or a byte-level BPE trained on the training text. At the end, the saved model's
+test-time learning rule (config.json: test_time_learning) is chosen on the validation documents
+of --calibrate-domains (hope_hf.training.calibration).
 """
 
 import argparse
@@ -20,6 +22,8 @@ from transformers import AutoTokenizer
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.data import sample_text_path
 from hope_hf.training import build_datasets, train, train_bpe_tokenizer
+from hope_hf.training.calibration import CALIBRATION_TOKENS, calibrate_on_domains
+from hope_hf.training.domains import DOMAINS
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
 from hope_hf.training.hub import finish_model_folder, model_card
 
@@ -53,8 +57,14 @@ def main():
     parser.add_argument("--data", nargs="+", default=[str(sample_text_path())], help=".txt/.jsonl/.parquet files or a dataset name")
     parser.add_argument("--tokenizer", help="a tokenizer folder; default: a BPE trained on the data")
     parser.add_argument("--vocab-size", type=int, default=4096, help="for the trained BPE")
+    parser.add_argument("--calibrate-tokens", type=int, default=CALIBRATION_TOKENS,
+                        help="validation tokens of each --calibrate-domains on which the saved model's test-time "
+                             "learning rule is chosen (0: none, InContextLearner's built-in rule)")
+    parser.add_argument("--calibrate-domains", nargs="+", default=list(DOMAINS), help="names or .txt files")
     add_training_arguments(parser)
     args = parser.parse_args()
+    if args.calibrate_tokens < 0:
+        parser.error(f"--calibrate-tokens must be >= 0, got {args.calibrate_tokens}")
     if not args.config and args.preset not in PRESETS:
         parser.error(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
     config = training_config(args)
@@ -79,6 +89,8 @@ def main():
     state = train(model, train_blocks, held_out, config, tokenizer)
     final = Path(args.output_dir) / "final"
     if PartialState().is_main_process and final.exists() and state.step == config.max_steps:
+        if args.calibrate_tokens:
+            calibrate_on_domains(model, tokenizer, args.calibrate_domains, args.calibrate_tokens, folder=final)
         card = model_card(
             model, f"A Hope model ({args.config or 'preset ' + args.preset}) trained from scratch with "
             f"`scripts/train.py` for {state.step} optimizer steps.",

@@ -182,7 +182,7 @@ def test_bad_inputs_raise_clear_errors():
         InContextLearner(model, periods={7: 1})
     with pytest.raises(ValueError, match="input_ids must have shape"):
         InContextLearner(model).read(random_ids(1, 5)[0])
-    with pytest.raises(ValueError, match=r"rule must be one of \('sgd', 'adam'\)"):
+    with pytest.raises(ValueError, match=r"rule must be one of \('sgd', 'adam', 'rms'\)"):
         InContextLearner(model, rule="rmsprop")
     with pytest.raises(ValueError, match="decay must be in"):
         InContextLearner(model, decay=1.0)

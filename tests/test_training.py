@@ -21,7 +21,7 @@ from helpers import requires_cpp_compiler
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "scripts" / "train.py")
 SMALL_RUN = ["--preset", "tiny", "--block-size", "32", "--batch-size", "2", "--eval-every", "0", "--eval-batches", "2",
-             "--warmup-steps", "1", "--learning-rate", "3e-3"]
+             "--warmup-steps", "1", "--learning-rate", "3e-3", "--calibrate-tokens", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,19 @@ def test_bad_input_is_rejected_before_training(tmp_path, data_and_tokenizer, ext
     assert not (tmp_path / "out" / "train_log.jsonl").exists()
 
 
+def test_the_saved_model_carries_a_calibrated_test_time_rule(tmp_path, data_and_tokenizer):
+    from hope_hf.test_time.calibration import CANDIDATES, complete_entry
+
+    args = [*SMALL_RUN[:-2], *data_and_tokenizer, "--max-steps", "2", "--save-every", "0", "--output-dir", str(tmp_path),
+            "--calibrate-tokens", "300", "--calibrate-domains", "spanish", "code"]
+    result = run(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test-time learning rule (chosen on 300 validation tokens of spanish, code)" in result.stdout
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    allowed = [complete_entry(model, c) for c in CANDIDATES["hope"]] + [{**complete_entry(model, CANDIDATES["hope"][0]), "lr": 0.0}]
+    assert model.config.test_time_learning in allowed
+
+
 def test_accelerate_config_files_parse_with_accelerate():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -136,7 +149,7 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
         [sys.executable, str(ROOT / "scripts" / "continual_pretrain.py"), "--model", str(tmp_path / "llama"),
          "--data", str(tmp_path / "new.txt"), "--old-data", str(tmp_path / "old.txt"), "code", "--new-level-size", "16",
          "--block-size", "32", "--max-steps", "4", "--eval-every", "2", "--eval-blocks", "3", "--test-tokens", "256",
-         "--slow-level-period", "2", "--max-new-tokens", "12", "--output-dir", str(tmp_path / "out")],
+         "--slow-level-period", "2", "--max-new-tokens", "12", "--calibrate-tokens", "65", "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,6 +180,11 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     assert model.config.model_type == "llama_cms"
     assert [(lv["name"], lv["update_period"]) for lv in model.config.cms_levels][1:] == [("fast", 1), ("slow", 2)]
+    # the saved model carries the test-time rule chosen on 65 validation tokens of each domain
+    calibration = results["test_time_learning"]
+    assert model.config.test_time_learning == calibration["chosen"] and calibration["chosen"]["periods"] == [None, 1, 2]
+    assert calibration["validation_tokens"] == {str(tmp_path / "new.txt"): 65, str(tmp_path / "old.txt"): 65, "code": 65}
+    assert [row["entry"]["lr"] for row in calibration["candidates"]] == [1e-5, 3e-5, 1e-4]
     card = ModelCard.load(tmp_path / "out" / "final" / "README.md")
     measured = {r.dataset_name: r.metric_value for r in card.data.eval_results}
     tokens = results["measured_on"]["test_tokens"]

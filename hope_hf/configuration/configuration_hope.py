@@ -37,6 +37,46 @@ def validate_choice(field: str, value, allowed) -> None:
         raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}")
 
 
+TEST_TIME_RULES = ("sgd", "adam", "rms")
+TEST_TIME_LEARNING_KEYS = ("rule", "lr", "segment_size", "periods", "max_grad_norm", "decay")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_test_time_learning(entry, num_levels: int, field: str = "test_time_learning") -> None:
+    """None, or the rule ``InContextLearner(model)`` reads with: {"rule": one of TEST_TIME_RULES,
+    "lr": a rate >= 0 or one per level, and optionally "segment_size" (int >= 2), "periods" (one
+    per level, an int >= 1 or None for frozen; in segments), "max_grad_norm" (None or > 0),
+    "decay" (in [0, 1))}."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or not {"rule", "lr"} <= set(entry) <= set(TEST_TIME_LEARNING_KEYS):
+        raise ValueError(f"`{field}` must be None or a dict with the keys 'rule' and 'lr' and optionally "
+                         f"{TEST_TIME_LEARNING_KEYS[2:]}, got {entry!r}")
+    validate_choice(f"{field}['rule']", entry["rule"], TEST_TIME_RULES)
+    lrs = entry["lr"] if isinstance(entry["lr"], (list, tuple)) else [entry["lr"]]
+    if not all(_is_number(lr) and lr >= 0 for lr in lrs) or len(lrs) not in (1, num_levels):
+        raise ValueError(f"`{field}['lr']` must be a number >= 0 or a list of {num_levels} (one per level), got {entry['lr']!r}")
+    segment_size = entry.get("segment_size", 2)
+    if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 2:
+        raise ValueError(f"`{field}['segment_size']` must be an int >= 2, got {segment_size!r}")
+    periods = entry.get("periods")
+    if periods is not None and (
+        not isinstance(periods, (list, tuple)) or len(periods) != num_levels
+        or not all(p is None or (isinstance(p, int) and not isinstance(p, bool) and p >= 1) for p in periods)
+    ):
+        raise ValueError(f"`{field}['periods']` must be None or a list of {num_levels} (one per level) ints >= 1 "
+                         f"or None (frozen), got {periods!r}")
+    clip = entry.get("max_grad_norm")
+    if clip is not None and not (_is_number(clip) and clip > 0):
+        raise ValueError(f"`{field}['max_grad_norm']` must be None or a number > 0, got {clip!r}")
+    decay = entry.get("decay", 0.0)
+    if not (_is_number(decay) and 0 <= decay < 1):
+        raise ValueError(f"`{field}['decay']` must be a number in [0, 1), got {decay!r}")
+
+
 @strict
 class HopeConfig(PreTrainedConfig):
     r"""
@@ -86,6 +126,13 @@ class HopeConfig(PreTrainedConfig):
         cms_variant (`str`):
             "sequential" (Eq 73), "independent" (Eq 74, learnable weighted sum) or "nested"
             (Eq 72; its forward is the sequential chain, its learning rule differs).
+        test_time_learning (`dict`, *optional*):
+            The rule `InContextLearner(model)` learns with while reading when given no options:
+            {"rule": "sgd" | "adam" | "rms", "lr": float or one per level, "segment_size": int,
+            "periods": one per level (in segments, None = frozen), "max_grad_norm": float | None,
+            "decay": float in [0, 1)}; keys left out take InContextLearner's built-in values.
+            `hope_hf.test_time.calibrate` picks it on validation documents. None: the built-in
+            rule, Eq 71 with SGD at lr 1e-2 on every level at its `update_period`.
 
     ```python
     >>> from hope_hf import HopeConfig, HopeForCausalLM
@@ -130,6 +177,7 @@ class HopeConfig(PreTrainedConfig):
     titans_eta_init: float = 0.5
     cms_levels: list[dict] | None = None
     cms_variant: str = "sequential"
+    test_time_learning: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None and self.num_attention_heads:
@@ -202,6 +250,8 @@ class HopeConfig(PreTrainedConfig):
             )
         validate_choice("cms_variant", self.cms_variant, CMS_VARIANTS)
         validate_cms_levels(self.cms_levels)
+        validate_test_time_learning(self.test_time_learning, len(self.cms_levels))
 
 
-__all__ = ["HopeConfig", "validate_cms_levels", "validate_choice", "MIXERS", "CMS_VARIANTS"]
+__all__ = ["HopeConfig", "validate_cms_levels", "validate_choice", "validate_test_time_learning", "MIXERS",
+           "CMS_VARIANTS", "TEST_TIME_RULES"]

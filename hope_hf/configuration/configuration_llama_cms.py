@@ -3,7 +3,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from .configuration_hope import CMS_VARIANTS, validate_choice, validate_cms_levels
+from .configuration_hope import CMS_VARIANTS, validate_choice, validate_cms_levels, validate_test_time_learning
 
 
 @strict
@@ -19,12 +19,16 @@ class LlamaCMSConfig(LlamaConfig):
             the others are new SwiGLU MLPs. Defaults to the pretrained level alone.
         cms_variant (`str`):
             "sequential" (Eq 73), "independent" (Eq 74) or "nested" (Eq 72), as in HopeConfig.
+        test_time_learning (`dict`, *optional*):
+            The rule `InContextLearner(model)` reads with, as in HopeConfig. `from_llama` sets one
+            measured on the pretrained SmolLM2 (docs/evaluation.md).
     """
 
     model_type = "llama_cms"
 
     cms_levels: list[dict] | None = None
     cms_variant: str = "sequential"
+    test_time_learning: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.cms_levels is None:
@@ -36,6 +40,7 @@ class LlamaCMSConfig(LlamaConfig):
                 f"({self.intermediate_size}), got {self.cms_levels[0]['intermediate_size']}"
             )
         validate_choice("cms_variant", self.cms_variant, CMS_VARIANTS)
+        validate_test_time_learning(self.test_time_learning, len(self.cms_levels))
         super().__post_init__(**kwargs)
 
 

@@ -20,6 +20,10 @@ DEFAULT_NEW_LEVELS = (  # (name, fraction of the pretrained intermediate size, p
     ("fast", 0.25, 1),
 )
 DEFAULT_PRETRAINED_PERIOD = 256
+# the rule a retrofit reads with (config.test_time_learning): Adam with clipping on the new levels,
+# the pretrained MLP frozen; SGD at InContextLearner's built-in 1e-2 wrecks pretrained weights
+# (docs/evaluation.md, "Defaults each model carries")
+PRETRAINED_TEST_TIME_RULE = {"rule": "adam", "lr": 1e-5, "max_grad_norm": 1.0, "segment_size": 128}
 
 
 class LlamaCMSMLP(ContinuumMemorySystem):
@@ -95,6 +99,7 @@ class LlamaCMSForCausalLM(RemoteCodeMixin, LlamaCMSInitMixin, LlamaForCausalLM):
         pretrained_update_period: int = DEFAULT_PRETRAINED_PERIOD,
         warm_start: bool = False,
         gguf_file: str | None = None,
+        test_time_learning: dict | None = PRETRAINED_TEST_TIME_RULE,
     ) -> "LlamaCMSForCausalLM":
         """Retrofit a Llama with a CMS that computes exactly what it computed.
 
@@ -106,6 +111,8 @@ class LlamaCMSForCausalLM(RemoteCodeMixin, LlamaCMSInitMixin, LlamaForCausalLM):
             pretrained_update_period: period of level 0, the pretrained MLP (the slowest).
             warm_start: start new levels' gate/up projections from the pretrained MLP's first
                 rows (section 7.3) instead of a random init; their outputs still start at zero.
+            test_time_learning: the config's rule for ``InContextLearner(model)``; without
+                "periods", level 0 is frozen and the new levels read at their update periods.
         """
         source = load_llama(llama, gguf_file)
         src_config = source.config.to_dict()
@@ -120,7 +127,10 @@ class LlamaCMSForCausalLM(RemoteCodeMixin, LlamaCMSInitMixin, LlamaForCausalLM):
         for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype",
                     "quantization_config"):
             src_config.pop(key, None)
-        config = LlamaCMSConfig(**src_config, cms_levels=[pretrained, *cms_levels], cms_variant=cms_variant)
+        if test_time_learning is not None and "periods" not in test_time_learning:
+            test_time_learning = {**test_time_learning, "periods": [None, *(level["update_period"] for level in cms_levels)]}
+        config = LlamaCMSConfig(**src_config, cms_levels=[pretrained, *cms_levels], cms_variant=cms_variant,
+                                test_time_learning=test_time_learning)
         model = cls(config).to(source.dtype)
         missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
         new_level_keys = [k for k in missing if ".mlp.levels." in k or ".mlp.norms." in k or ".mlp.level_weights" in k]

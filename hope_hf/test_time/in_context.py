@@ -23,9 +23,11 @@ import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.nn.utils.stateless import _reparametrize_module
@@ -51,7 +53,9 @@ class ReadingState:
     meta_gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # see InContextLearner(meta_gradients=)
 
 
-UPDATE_RULES = ("sgd", "adam")
+UPDATE_RULES = ("sgd", "adam", "rms")
+RMS_EPS = 2e-5  # rule "rms": added to the training-gradient RMS (Krause et al.'s epsilon)
+STATISTICS_FILE = "test_time_statistics.safetensors"  # rule "rms": the RMS a saved model reads with
 
 
 @dataclass
@@ -99,52 +103,87 @@ class _BatchReading:
         )
 
 
+class _FromConfig:
+    def __repr__(self):
+        return "FROM_CONFIG"
+
+
+FROM_CONFIG = _FromConfig()  # an option left out: the model's config.test_time_learning, else BUILT_IN_RULE
+# Eq 71 with SGD on every level at its config period: the rule of a model whose config has no entry
+BUILT_IN_RULE = {"rule": "sgd", "lr": 1e-2, "segment_size": 64, "periods": None, "max_grad_norm": None, "decay": 0.0}
+
+
 class InContextLearner:
     def __init__(
-        self, model: nn.Module, lr=1e-2, segment_size: int = 64, periods=None, rule: str = "sgd",
-        max_grad_norm: float | None = None, decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8, meta_gradients: bool = False,
+        self, model: nn.Module, lr=FROM_CONFIG, segment_size=FROM_CONFIG, periods=FROM_CONFIG, rule=FROM_CONFIG,
+        max_grad_norm=FROM_CONFIG, decay=FROM_CONFIG, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        meta_gradients: bool = False, statistics: dict | None = None,
     ):
         """
+        Every option left out is taken from ``model.config.test_time_learning`` (saved with the
+        checkpoint; ``hope_hf.test_time.calibrate`` picks it), and where that has none, from
+        ``BUILT_IN_RULE`` (Eq 71 with SGD at lr 1e-2, segments of 64, config periods).
+
         Args:
             model: a causal LM with CMS modules (HopeForCausalLM, LlamaCMSForCausalLM).
             lr: one learning rate for every level, or a list with one per level index.
             segment_size: tokens read per forward; level periods count segments.
-            periods: as in ``find_cms_levels`` (default: the config's ``update_period``), in segments.
+            periods: as in ``find_cms_levels`` (None: the config's ``update_period``), in segments.
             rule: the step a level takes at its pulse from g, its mean next-token gradient over
                 its chunk. "sgd": lr * g (Eq 71 with SGD; the exact rule). "adam": lr * m / (sqrt(v) + eps)
                 with bias-corrected moments of g kept per sequence in the reading state, so every
-                weight moves at most about lr per step whatever the gradient's scale.
-            max_grad_norm: if set, g is clipped to this norm per level (over the level's weights).
+                weight moves at most about lr per step whatever the gradient's scale. "rms": lr * g / (rms + 2e-5),
+                rms the root mean square of the weight's gradient on training data (``statistics``):
+                dynamic evaluation's normalisation (Krause et al. 2018) on the CMS levels.
+            max_grad_norm: if not None, g is clipped to this norm per level (over the level's weights).
             decay: after each step, the fast weights move back toward their initial state by this
                 fraction (the CMS forgetting gate): W <- W0 + (1 - decay) (W - W0). In [0, 1).
             betas, eps: of rule "adam".
+            statistics: of rule "rms", {parameter name: rms} (``gradient_statistics``) for every
+                fast weight; default: the model's folder's test_time_statistics.safetensors, which
+                ``hope_hf.training.calibration`` writes beside a calibrated "rms" rule.
             meta_gradients: if True, each ReadingState also holds, per fast weight, the sum over every
                 segment after the first of the gradient of that segment's mean next-token loss at the
                 fast weights then in use: the first-order meta-gradient (first-order MAML) of the
                 loss after updates with respect to the levels' initial state, which a training loop
                 can apply to the model's parameters (``scripts/meta_learn_fast_level.py``).
         """
+        given = dict(rule=rule, lr=lr, segment_size=segment_size, periods=periods, max_grad_norm=max_grad_norm, decay=decay)
+        entry = getattr(getattr(model, "config", None), "test_time_learning", None) or {}
+        options = {**BUILT_IN_RULE, **entry, **{k: v for k, v in given.items() if v is not FROM_CONFIG}}
+        rule, lr, segment_size, decay = options["rule"], options["lr"], options["segment_size"], options["decay"]
+        max_grad_norm = options["max_grad_norm"]
         if isinstance(segment_size, bool) or not isinstance(segment_size, int) or segment_size < 2:
             raise ValueError(f"segment_size must be an int >= 2, got {segment_size!r}")
-        if rule not in UPDATE_RULES:
-            raise ValueError(f"rule must be one of {UPDATE_RULES}, got {rule!r}")
+        if rule not in self.rules:
+            raise ValueError(f"rule must be one of {self.rules}, got {rule!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must both be in [0, 1), got {betas!r}")
+        self.options = options  # the rule in use, each option resolved
         self.rule, self.max_grad_norm, self.decay, self.betas, self.eps = rule, max_grad_norm, float(decay), betas, eps
         self.meta_gradients = meta_gradients
         self.model = model
         self.segment_size = segment_size
-        self.levels = find_cms_levels(model, periods)
+        self.levels = self._find_levels(options["periods"])
         num_levels = max(level.index for level in self.levels) + 1
         lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * num_levels
         if len(lrs) != num_levels:
             raise ValueError(f"lr as a list needs one entry per level index ({num_levels}), got {len(lrs)}")
         self.lrs = [float(x) for x in lrs]
+        self.statistics = statistics if rule != "rms" or statistics is not None else saved_statistics(model)
+        missing = [name for level in self.levels for name, _ in level.params if rule == "rms" and name not in self.statistics]
+        if missing:
+            raise ValueError(f"rule 'rms' needs the training-gradient RMS of every fast weight; statistics lacks {missing[:3]}")
+
+    rules = UPDATE_RULES
+
+    def _find_levels(self, periods) -> list:
+        """The groups of fast weights that learn while reading, each with its period (in segments)."""
+        return find_cms_levels(self.model, periods)
 
     def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[ReadingState]:
         """Read every row of ``input_ids`` (B, T) in one batch; padded positions (mask 0) are dropped,
@@ -201,15 +240,17 @@ class InContextLearner:
     def _segment(self, batch, segment, targets, has_target, real, start: int) -> None:
         """Forward one segment with each row's fast weights; add the gradient of each row's summed
         next-token loss to what its levels hold."""
-        fast = {name: t.detach().requires_grad_() for name, t in batch.fast_weights.items()}
+        learns = self.meta_gradients or any(self.lrs)  # else plain reading: no gradient, no autograd graph
+        fast = {name: t.detach().requires_grad_(learns) for name, t in batch.fast_weights.items()}
         # a mask only where a row ends inside this segment (every earlier position of the batch is real)
         mask = None if bool(real.all()) else torch.cat([real.new_ones(len(real), start), real], dim=1).long()
-        with torch.enable_grad(), per_row_linear_weights(self.model, fast):
+        with torch.set_grad_enabled(learns), per_row_weights(self.model, fast):
             out = self.model(input_ids=segment, attention_mask=mask, use_cache=True, **{CACHE_ARG: batch.cache})
             logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))  # fp32 at least
             token_losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             row_losses = (token_losses * has_target).sum(-1)  # (B,)
-            grads = torch.autograd.grad(row_losses.sum(), list(fast.values()), allow_unused=True)
+            grads = (torch.autograd.grad(row_losses.sum(), list(fast.values()), allow_unused=True) if learns
+                     else [None] * len(fast))
         batch.cache = detach_cache(output_cache(out))
         batch.logits.append(out.logits.detach())
         pairs = has_target.sum(-1)
@@ -257,6 +298,8 @@ class InContextLearner:
             mean_grads = {name: g * _rows(scale, g) for name, g in mean_grads.items()}
         if self.rule == "sgd":
             return {name: lr * g for name, g in mean_grads.items()}
+        if self.rule == "rms":
+            return {name: lr * g / (self.statistics[name] + RMS_EPS) for name, g in mean_grads.items()}
         (beta1, beta2), count = self.betas, batch.updates[level.name]
         steps = {}
         for name, g in mean_grads.items():
@@ -287,12 +330,22 @@ class InContextLearner:
             new_mask = torch.ones_like(input_ids)
         read_mask = torch.ones_like(state.input_ids)
         attention_mask = torch.cat([read_mask, new_mask.to(read_mask.dtype)], dim=1)
-        with _reparametrize_module(self.model, state.fast_weights):
+        with _reparametrize_module(self.model, state.fast_weights, tie_weights=True):
             out = self.model.generate(
                 input_ids, attention_mask=attention_mask, **{CACHE_ARG: state.cache}, **generate_kwargs
             )
         state.cache = None
         return out[:, input_ids.shape[1] :]
+
+
+def saved_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The RMS statistics saved beside a model loaded from a folder (``STATISTICS_FILE``)."""
+    folder = Path(getattr(model.config, "_name_or_path", "") or ".")
+    if not (folder / STATISTICS_FILE).is_file():
+        raise ValueError(f"rule 'rms' needs statistics= (hope_hf.test_time.gradient_statistics) or a model loaded "
+                         f"from a folder holding {STATISTICS_FILE} (hope_hf.training.calibration writes it); "
+                         f"{str(folder)!r} has none")
+    return load_file(folder / STATISTICS_FILE)
 
 
 def detach_cache(cache):
@@ -324,22 +377,30 @@ def _per_row_linear(module: nn.Linear, row_params: dict, x: torch.Tensor) -> tor
 
 
 @contextmanager
-def per_row_linear_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
-    """Within the block, every ``nn.Linear`` of ``model`` whose weight or bias is named in
-    ``weights`` computes batch row b with ``weights[name][b]`` (CMS levels are linear layers)."""
+def per_row_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
+    """Within the block, ``model`` computes batch row b with ``weights[name][b]`` for every named
+    parameter: an ``nn.Linear`` layer (every CMS level) row by row, in one batched matmul; any other
+    parameter (embeddings, norms: dynamic evaluation of a whole model) only for a batch of one,
+    substituted with its tied copies."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
+    whole: dict[str, torch.Tensor] = {}
     for name, tensor in weights.items():
         module_name, _, attr = name.rpartition(".")
-        by_module.setdefault(module_name, {})[attr] = tensor
+        if isinstance(model.get_submodule(module_name), nn.Linear) and attr in ("weight", "bias"):
+            by_module.setdefault(module_name, {})[attr] = tensor
+        elif tensor.shape[0] != 1:
+            raise ValueError(f"fast weight {name} is not of an nn.Linear layer, so it is read one row at a time; "
+                             f"got a batch of {tensor.shape[0]}")
+        else:
+            whole[name] = tensor[0]
     patched = []
     try:
-        for module_name, row_params in by_module.items():
-            module = model.get_submodule(module_name)
-            if not isinstance(module, nn.Linear) or not set(row_params) <= {"weight", "bias"}:
-                raise TypeError(f"fast weights must belong to nn.Linear layers; {module_name} is a {type(module).__name__}")
-            module.forward = partial(_per_row_linear, module, row_params)
-            patched.append(module)
-        yield
+        with _reparametrize_module(model, whole, tie_weights=True):
+            for module_name, row_params in by_module.items():
+                module = model.get_submodule(module_name)
+                module.forward = partial(_per_row_linear, module, row_params)
+                patched.append(module)
+            yield
     finally:
         for module in patched:
             del module.forward  # back to the class's forward

@@ -16,6 +16,7 @@ import sysconfig
 import warnings
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from ..data import sample_text_path
@@ -77,6 +78,37 @@ TEST_TOKENS = 8192  # test-split tokens per domain that the main job and the for
 SPLITS = ("train", "validation", "test")
 
 
+def split_documents(documents: list[str], validation_fraction: float = VALIDATION_FRACTION,
+                    test_fraction: float = TEST_FRACTION, seed: int = 0) -> dict:
+    """{"train", "validation", "test"}: the non-empty documents of each split as a dataset with a
+    "text" column (the split ``domain_splits`` packs)."""
+    documents = [d for d in documents if d.strip()]
+    if len(documents) < 3:
+        raise ValueError(f"need at least three non-empty documents for train, validation and test, got {len(documents)}")
+    held = validation_fraction + test_fraction
+    first = Dataset.from_dict({"text": documents}).train_test_split(test_size=held, seed=seed)
+    if len(first["test"]) < 2:
+        raise ValueError(f"only {len(first['test'])} of {len(documents)} documents held out: raise validation_fraction "
+                         f"or test_fraction, or give more documents")
+    # test_fraction / held of the held-out documents, rounded up (as train_test_split rounds a
+    # fraction), but at least one left for validation
+    test_count = min(len(first["test"]) - 1, math.ceil(test_fraction / held * len(first["test"])))
+    second = first["test"].train_test_split(test_size=test_count, seed=seed)
+    return {"train": first["train"], "validation": second["train"], "test": second["test"]}
+
+
+def validation_text_ids(source: str, tokenizer, tokens: int, seed: int = 0) -> torch.Tensor:
+    """(tokens,) ids: the start of the validation documents of a named domain or .txt file (one
+    document a line), joined in order with a newline between, for choices made by reading
+    (``hope_hf.test_time.calibrate``)."""
+    documents = domain_documents(source) if source in DOMAINS else text_documents(source)
+    text = "\n".join(split_documents(documents, seed=seed)["validation"]["text"])
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) < tokens:
+        raise ValueError(f"domain {source!r}: its validation documents hold {len(ids)} tokens, fewer than the {tokens} asked for")
+    return ids[:tokens]
+
+
 def domain_splits(documents: list[str], tokenizer, block_size: int, validation_fraction: float = VALIDATION_FRACTION,
                   test_fraction: float = TEST_FRACTION, seed: int = 0, min_blocks: dict | None = None) -> dict:
     """{"train", "validation", "test"}: each split's blocks as a torch-formatted dataset.
@@ -98,19 +130,7 @@ def domain_splits(documents: list[str], tokenizer, block_size: int, validation_f
             raise ValueError(f"unknown split {name!r} in min_blocks; allowed: {', '.join(SPLITS)}")
         if count < 1:
             raise ValueError(f"min_blocks[{name!r}] must be >= 1, got {count}")
-    documents = [d for d in documents if d.strip()]
-    if len(documents) < 3:
-        raise ValueError(f"need at least three non-empty documents for train, validation and test, got {len(documents)}")
-    held = validation_fraction + test_fraction
-    first = Dataset.from_dict({"text": documents}).train_test_split(test_size=held, seed=seed)
-    if len(first["test"]) < 2:
-        raise ValueError(f"only {len(first['test'])} of {len(documents)} documents held out: raise validation_fraction "
-                         f"or test_fraction, or give more documents")
-    # test_fraction / held of the held-out documents, rounded up (as train_test_split rounds a
-    # fraction), but at least one left for validation
-    test_count = min(len(first["test"]) - 1, math.ceil(test_fraction / held * len(first["test"])))
-    second = first["test"].train_test_split(test_size=test_count, seed=seed)
-    sides = {"train": first["train"], "validation": second["train"], "test": second["test"]}
+    sides = split_documents(documents, validation_fraction, test_fraction, seed)
     splits = {name: pack_blocks(sides[name], tokenizer, block_size) for name in SPLITS}
     for name in SPLITS:
         if len(splits[name]) < minimum[name]:
@@ -153,5 +173,5 @@ def new_and_old_domains(sources: list[str], tokenizer, block_size: int, eval_blo
 
 
 __all__ = ["DOMAINS", "SPLITS", "STDLIB_FILES", "TEST_FRACTION", "TEST_TOKENS", "VALIDATION_FRACTION", "domain_documents",
-           "domain_name", "domain_splits", "load_domain", "new_and_old_domains", "stdlib_source_documents",
-           "text_documents"]
+           "domain_name", "domain_splits", "load_domain", "new_and_old_domains", "split_documents", "stdlib_source_documents",
+           "text_documents", "validation_text_ids"]
