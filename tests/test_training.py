@@ -184,7 +184,9 @@ def test_continual_pretrain_on_a_llama_directory(tmp_path):
     calibration = results["test_time_learning"]
     assert model.config.test_time_learning == calibration["chosen"] and calibration["chosen"]["periods"] == [None, 1, 2]
     assert calibration["validation_tokens"] == {str(tmp_path / "new.txt"): 65, str(tmp_path / "old.txt"): 65, "code": 65}
-    assert [row["entry"]["lr"] for row in calibration["candidates"]] == [1e-5, 3e-5, 1e-4]
+    assert [(row["entry"]["rule"], row["entry"]["lr"]) for row in calibration["candidates"]] == [
+        ("adam", 1e-5), ("adam", 3e-5), ("rms", 1e-5), ("rms", 3e-5), ("rms", 1e-4), ("rms", 3e-6), ("rms", 1e-5)]
+    assert [row["entry"]["periods"] for row in calibration["candidates"]] == [[None, 1, 2]] * 5 + [[1, 1, 1]] * 2
     card = ModelCard.load(tmp_path / "out" / "final" / "README.md")
     measured = {r.dataset_name: r.metric_value for r in card.data.eval_results}
     tokens = results["measured_on"]["test_tokens"]

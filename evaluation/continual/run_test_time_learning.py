@@ -12,8 +12,9 @@ reading of the same document:
 
 * "calibrated default": ``InContextLearner(model)``, the rule the model's config carries (the main
   job and scripts/train.py calibrate it on the package's validation documents);
-* "cms": the CMS levels that learn by the model's config periods, Adam or SGD at each rate of the
-  family's grid;
+* "cms": the CMS levels, at the model's config periods or every level after every segment, with
+  SGD, Adam or rule "rms" (dynamic evaluation's normalisation without its decay) at each rate of
+  the family's grid;
 * "dynamic evaluation, all" / "dynamic evaluation, mlp": Krause et al.'s rule (RMS-normalised steps,
   decay toward the original weights) on every parameter / on the MLPs (CMS levels) only, each rate
   and decay of the grid; the RMS statistics come from training-split blocks of the three corpora.
@@ -28,6 +29,7 @@ PNG of loss against tokens read.
 """
 
 import argparse
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,15 +46,18 @@ from hope_hf.test_time.calibration import compare_with_plain, halves
 from hope_hf.training.domains import domain_documents, split_documents
 
 DOMAINS = {"Spanish": "spanish", "English": "english", "Python code": "code"}  # name in the results: corpus
-LLAMA_CMS_GRID = {  # "cms": the new level (level 0, the pretrained MLP, frozen), or both levels every segment
+LLAMA_CMS_GRID = {  # "cms": the new level (level 0, the pretrained MLP, frozen), or every level every segment
     "cms": [*(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-5, 3e-5, 1e-4)),
-            *(dict(rule="adam", lr=lr, max_grad_norm=1.0, periods=[1, 1]) for lr in (3e-6, 1e-5))],
+            *(dict(rule="adam", lr=lr, max_grad_norm=1.0, periods="every level") for lr in (3e-6, 1e-5)),
+            *(dict(rule="rms", lr=lr) for lr in (1e-5, 3e-5)),
+            *(dict(rule="rms", lr=lr, periods="every level") for lr in (3e-6, 1e-5, 3e-5))],
     "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (3e-6, 1e-5, 3e-5) for decay in (0.0, 0.02)],
     "dynamic evaluation, mlp": [dict(lr=lr, decay=decay) for lr in (3e-6, 1e-5, 3e-5) for decay in (0.0, 0.02)],
 }
 HOPE_GRID = {
     "cms": [*(dict(rule="sgd", lr=lr) for lr in (1e-2, 1e-1)),
-            *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3))],
+            *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3)),
+            *(dict(rule="rms", lr=lr) for lr in (1e-4, 1e-3, 3e-3))],
     "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (1e-4, 1e-3, 3e-3) for decay in (0.0, 0.02)],
     "dynamic evaluation, mlp": [dict(lr=lr, decay=decay) for lr in (1e-4, 1e-3, 3e-3) for decay in (0.0, 0.02)],
 }
@@ -107,8 +112,10 @@ def make_reader(model, family: str, options: dict, segment_size: int, statistics
     if family == PLAIN:
         return InContextLearner(model, lr=0.0, segment_size=segment_size)
     if family == "cms":
-        return InContextLearner(model, segment_size=segment_size, periods=None, decay=0.0,
-                                **{"max_grad_norm": None, **options})
+        options = {"max_grad_norm": None, "periods": None, **options}
+        if options["periods"] == "every level":
+            options["periods"] = [1] * len(model.config.cms_levels)
+        return InContextLearner(model, segment_size=segment_size, decay=0.0, statistics=statistics.get("mlp"), **options)
     which = family.rpartition(", ")[2]
     return DynamicEvaluation(model, statistics[which], segment_size=segment_size, **options)
 
@@ -138,7 +145,7 @@ def choose(runs: list[dict], family: str) -> dict:
         if run["split"] == "validation" and run["family"] == family:
             by_options.setdefault(label(run["options"]), []).append(run)
     scores = {key: sum(r["vs_plain"]["second_half_vs_plain"] for r in rows) / len(rows) for key, rows in by_options.items()}
-    best = min(scores, key=scores.get)
+    best = min(scores, key=lambda key: (math.isnan(scores[key]), scores[key]))  # a diverged read (nan) is never best
     return {"options": by_options[best][0]["options"], "validation_mean_second_half_vs_plain": scores[best],
             "validation_scores": scores}
 
@@ -183,10 +190,11 @@ def main(argv=None) -> dict:
     grid = HOPE_GRID if args.hope else LLAMA_CMS_GRID
     families = [f for f in grid if args.families is None or f in args.families]
     statistics = {}
-    if any(f.startswith("dynamic") for f in families):
+    if any(f.startswith("dynamic") or f == "cms" for f in families):
         blocks = torch.cat([pack(corpus_documents(c, "train")[:50], tokenizer, args.segment_size)[: args.statistics_blocks]
                             for c in CORPORA])
-        statistics = {which: gradient_statistics(model, blocks, parameter_names(model, which)) for which in ("all", "mlp")}
+        everything = gradient_statistics(model, blocks, parameter_names(model, "all"))
+        statistics = {"all": everything, "mlp": {name: everything[name] for name in parameter_names(model, "mlp")}}
     results.save(model=str(source), calibrated_default=model.config.test_time_learning,
                  grid={f: grid[f] for f in families})
     docs = {split: long_documents(tokenizer, split, tokens, args.documents)

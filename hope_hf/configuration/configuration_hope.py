@@ -1,5 +1,9 @@
 """Hope configuration. Field names follow LlamaConfig wherever the meaning is the same."""
 
+import dataclasses
+import difflib
+import warnings
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
@@ -30,6 +34,17 @@ def validate_cms_levels(cms_levels, field: str = "cms_levels") -> None:
             if not isinstance(level["name"], str) or level["name"] in names:
                 raise ValueError(f"`{field}[{i}]['name']` must be a unique string, got {level['name']!r} (names {sorted(names)})")
             names.add(level["name"])
+
+
+def warn_misspelt_fields(config_class, extra_keys) -> None:
+    """transformers keeps unknown config keys as attributes; one that resembles a field of
+    ``config_class`` is most likely a typo, which would otherwise be ignored without a word."""
+    own = [f.name for f in dataclasses.fields(config_class)]
+    for key in extra_keys:
+        close = difflib.get_close_matches(key, own, n=1, cutoff=0.85)
+        if key not in own and close:
+            warnings.warn(f"{config_class.__name__} got an unknown field {key!r}, kept but unused; did you mean "
+                          f"{close[0]!r}?", stacklevel=4)
 
 
 def validate_choice(field: str, value, allowed) -> None:
@@ -192,6 +207,7 @@ class HopeConfig(PreTrainedConfig):
         # so a bad value raises a plain ValueError. The method's name does not start with
         # "validate_", so @strict does not run it a second time as a class validator.
         self._check_hope_fields()
+        warn_misspelt_fields(type(self), kwargs)
         # layer_types is derived (transformers' caches and masks read it), never set by hand.
         self.layer_types = [self._layer_type(m) for m in self.mixers]
         super().__post_init__(**kwargs)

@@ -3,7 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from .configuration_hope import CMS_VARIANTS, validate_choice, validate_cms_levels, validate_test_time_learning
+from .configuration_hope import (CMS_VARIANTS, validate_choice, validate_cms_levels, validate_test_time_learning,
+                                 warn_misspelt_fields)
 
 
 @strict
@@ -41,6 +42,7 @@ class LlamaCMSConfig(LlamaConfig):
             )
         validate_choice("cms_variant", self.cms_variant, CMS_VARIANTS)
         validate_test_time_learning(self.test_time_learning, len(self.cms_levels))
+        warn_misspelt_fields(type(self), kwargs)
         super().__post_init__(**kwargs)
 
 

@@ -470,6 +470,10 @@ class HopeModel(HopePreTrainedModel):
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if cache is not None and not isinstance(cache, HopeCache):
+            raise TypeError(f"cache must be a HopeCache, got {type(cache).__name__}")
+        check_model_inputs(self.config, input_ids, inputs_embeds, attention_mask,
+                           cache.get_seq_length() if cache is not None else 0)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -516,6 +520,41 @@ class HopeModel(HopePreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_ARG: cache})
 
 
+FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
+    """Ids of a (batch, seq_len) tensor lie in [0, vocab_size) (or equal ``ignore_index``). Checked
+    on CPU only: on an accelerator, reading the min and max would wait for the device every step."""
+    if ids.device.type != "cpu" or ids.numel() == 0:
+        return
+    valid = ids if ignore_index is None else ids[ids != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab_size):
+        bad = valid[(valid < 0) | (valid >= vocab_size)][0]
+        raise ValueError(f"{name} must hold token ids in [0, vocab_size={vocab_size})"
+                         f"{'' if ignore_index is None else f' or {ignore_index}'}, got {int(bad)}")
+
+
+def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, past_length: int) -> None:
+    """Shapes, dtypes and ids of HopeModel's inputs; every error names the argument."""
+    if input_ids is not None:
+        if input_ids.dim() != 2 or input_ids.dtype in (torch.bool, *FLOATING):
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq_len), got {input_ids.dtype} "
+                             f"of shape {tuple(input_ids.shape)}")
+        check_token_ids("input_ids", input_ids, config.vocab_size)
+        batch, length = input_ids.shape
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(f"inputs_embeds must have shape (batch, seq_len, hidden_size={config.hidden_size}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        batch, length = inputs_embeds.shape[:2]
+    if length == 0:
+        raise ValueError("input_ids must hold at least one token (seq_len >= 1), got seq_len 0")
+    if attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) != (batch, past_length + length):
+        raise ValueError(f"attention_mask must have shape (batch, past + seq_len) = ({batch}, {past_length + length}) "
+                         f"({past_length} tokens in the cache), got {tuple(attention_mask.shape)}")
+
+
 class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -529,6 +568,16 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """GenerationMixin.generate, after the checks of ``forward`` on the prompt: transformers'
+        own errors for a bad prompt or mask name neither."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
+            cache = kwargs.get(CACHE_ARG)
+            past = cache.get_seq_length() if isinstance(cache, HopeCache) else 0
+            check_model_inputs(self.config, ids, None, kwargs.get("attention_mask"), past)
+        return super().generate(inputs, *args, **kwargs)
 
     @accepts_past_key_values
     @can_return_tuple
@@ -558,6 +607,9 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
+            if input_ids is not None and labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,

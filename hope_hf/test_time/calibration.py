@@ -27,8 +27,8 @@ CANDIDATES = {
     "hope": [dict(rule="sgd", lr=1e-2), dict(rule="sgd", lr=1e-1),
              *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3)),
              *(dict(rule="rms", lr=lr) for lr in (1e-4, 1e-3))],
-    "llama_cms": [*(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-5, 3e-5, 1e-4)),
-                  *(dict(rule="rms", lr=lr) for lr in (1e-5, 3e-5)),
+    "llama_cms": [*(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-5, 3e-5)),
+                  *(dict(rule="rms", lr=lr) for lr in (1e-5, 3e-5, 1e-4)),
                   *(dict(rule="rms", lr=lr, periods="every level") for lr in (3e-6, 1e-5))],
 }
 SEGMENT_SIZE = 128
@@ -51,10 +51,11 @@ def compare_with_plain(losses: list[float], plain: list[float]) -> dict:
 
 
 def complete_entry(model: nn.Module, candidate: dict) -> dict:
-    """A candidate with every option: the model's current entry, then the built-in rule, fill the rest;
-    periods "every level" is a period of 1 for each level."""
+    """A candidate with every option: the built-in rule fills the rest, segments of SEGMENT_SIZE,
+    and the periods of the model's current entry (which levels learn: a retrofit's pretrained MLP
+    stays frozen); periods "every level" is a period of 1 for each level."""
     current = getattr(model.config, "test_time_learning", None) or {}
-    entry = {**BUILT_IN_RULE, "segment_size": SEGMENT_SIZE, **current, **candidate}
+    entry = {**BUILT_IN_RULE, "segment_size": SEGMENT_SIZE, "periods": current.get("periods"), **candidate}
     if entry["periods"] == "every level":
         entry["periods"] = [1] * len(model.config.cms_levels)
     return entry

@@ -49,10 +49,10 @@ def gradient_statistics(model: nn.Module, blocks: torch.Tensor, names: list[str]
     unknown = [name for name in names if name not in params]
     if unknown:
         raise ValueError(f"not parameters of {type(model).__name__}: {unknown[:3]}")
-    # accumulated in fp32 at least; returned in each parameter's dtype
     frozen = [params[name] for name in names if not params[name].requires_grad]
     for p in frozen:  # a gradient is taken with respect to every named parameter, trainable or not
         p.requires_grad_(True)
+    # accumulated in fp32 at least; returned in each parameter's dtype
     squares = {name: torch.zeros_like(params[name], dtype=torch.promote_types(params[name].dtype, torch.float32))
                for name in names}
     batches = torch.split(blocks, batch_size)

@@ -114,6 +114,8 @@ BUILT_IN_RULE = {"rule": "sgd", "lr": 1e-2, "segment_size": 64, "periods": None,
 
 
 class InContextLearner:
+    rules = UPDATE_RULES
+
     def __init__(
         self, model: nn.Module, lr=FROM_CONFIG, segment_size=FROM_CONFIG, periods=FROM_CONFIG, rule=FROM_CONFIG,
         max_grad_norm=FROM_CONFIG, decay=FROM_CONFIG, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -121,7 +123,7 @@ class InContextLearner:
     ):
         """
         Every option left out is taken from ``model.config.test_time_learning`` (saved with the
-        checkpoint; ``hope_hf.test_time.calibrate`` picks it), and where that has none, from
+        checkpoint; ``hope_hf.training.calibration`` picks it), and where that has none, from
         ``BUILT_IN_RULE`` (Eq 71 with SGD at lr 1e-2, segments of 64, config periods).
 
         Args:
@@ -161,8 +163,10 @@ class InContextLearner:
             raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must both be in [0, 1), got {betas!r}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
         self.options = options  # the rule in use, each option resolved
         self.rule, self.max_grad_norm, self.decay, self.betas, self.eps = rule, max_grad_norm, float(decay), betas, eps
         self.meta_gradients = meta_gradients
@@ -173,13 +177,13 @@ class InContextLearner:
         lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * num_levels
         if len(lrs) != num_levels:
             raise ValueError(f"lr as a list needs one entry per level index ({num_levels}), got {len(lrs)}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in lrs):
+            raise ValueError(f"lr must be a number >= 0 or a list of them (one per level index), got {lr!r}")
         self.lrs = [float(x) for x in lrs]
         self.statistics = statistics if rule != "rms" or statistics is not None else saved_statistics(model)
         missing = [name for level in self.levels for name, _ in level.params if rule == "rms" and name not in self.statistics]
         if missing:
             raise ValueError(f"rule 'rms' needs the training-gradient RMS of every fast weight; statistics lacks {missing[:3]}")
-
-    rules = UPDATE_RULES
 
     def _find_levels(self, periods) -> list:
         """The groups of fast weights that learn while reading, each with its period (in segments)."""

@@ -25,6 +25,7 @@ from .domains import DOMAINS, domain_documents, split_documents, text_documents,
 
 CALIBRATION_TOKENS = 1024
 STATISTICS_BLOCKS = 8  # training blocks per domain for rule "rms"'s statistics
+REPORT_FILE = "test_time_calibration.json"  # beside the model: every candidate's scores
 
 
 def training_blocks(sources: list[str], tokenizer, block_size: int, count: int = STATISTICS_BLOCKS) -> torch.Tensor:
@@ -48,15 +49,18 @@ def training_blocks(sources: list[str], tokenizer, block_size: int, count: int =
 def calibrate_on_domains(model, tokenizer, sources: list[str], tokens: int = CALIBRATION_TOKENS,
                          folder: str | Path | None = None, candidates: list[dict] | None = None) -> dict:
     """Calibrate ``model`` on ``tokens`` validation tokens of each domain (a name or a .txt file);
-    with ``folder``, write the choice into its config.json. Returns the choice and every candidate's scores."""
+    with ``folder``, write the choice into its config.json, the statistics beside it and the report
+    as REPORT_FILE. Returns the report: the choice and every candidate's scores."""
     documents = [validation_text_ids(source, tokenizer, tokens) for source in sources]
     model.eval().requires_grad_(True)  # training is over: every CMS level may learn while reading
     statistics = gradient_statistics(model, training_blocks(sources, tokenizer, SEGMENT_SIZE), parameter_names(model, "mlp"))
     chosen, table = calibrate(model, documents, candidates, statistics)
+    report = {"chosen": chosen, "validation_tokens": {source: tokens for source in sources}, "candidates": table}
     if folder is not None:
         save_entry(folder, chosen, statistics)
+        (Path(folder) / REPORT_FILE).write_text(json.dumps(report, indent=1))
     print(f"test-time learning rule (chosen on {tokens} validation tokens of {', '.join(sources)}): {chosen}")
-    return {"chosen": chosen, "validation_tokens": {source: tokens for source in sources}, "candidates": table}
+    return report
 
 
 def main(argv=None) -> dict:
@@ -71,9 +75,7 @@ def main(argv=None) -> dict:
         parser.error(f"--tokens must be >= 2, got {args.tokens}")
     model = AutoModelForCausalLM.from_pretrained(args.folder)
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
-    report = calibrate_on_domains(model, tokenizer, args.domains, args.tokens, folder=args.folder)
-    (args.folder / "test_time_calibration.json").write_text(json.dumps(report, indent=1))
-    return report
+    return calibrate_on_domains(model, tokenizer, args.domains, args.tokens, folder=args.folder)
 
 
 if __name__ == "__main__":

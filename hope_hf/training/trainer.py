@@ -59,8 +59,17 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.optimizer not in ("adamw", "m3"):
             raise ValueError(f"optimizer must be one of ('adamw', 'm3'), got {self.optimizer!r}")
-        if self.learning_rate < 0:
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        for name in ("learning_rate", "m3_lr", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None or > 0, got {self.max_grad_norm!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be one of ('no', 'bf16', 'fp16'), got {self.mixed_precision!r}")
 
 
 @dataclass
