@@ -25,7 +25,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--num-proc", type=int, default=None, help="processes for tokenisation")
     parser.add_argument("--compile-chunks", action="store_true",
                         help="torch.compile the titans chunk functions; pays off in long runs only (docs/kernels.md)")
-    parser.add_argument("--resume-from", default=None, help="a checkpoints/step_N folder of an earlier run")
+    parser.add_argument("--resume-from", default=None,
+                        help="a checkpoints/step_N folder of an earlier run, or auto: the latest complete checkpoint "
+                             "under --output-dir (none: start at step 0)")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     add_hub_arguments(parser)
 
@@ -43,7 +45,7 @@ def training_results(history: list[dict]) -> dict[str, float]:
 
 
 def training_config(args) -> TrainingConfig:
-    if args.resume_from:
+    if args.resume_from and args.resume_from != "auto":
         check_resumable(args.resume_from)
     return TrainingConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, batch_size=args.batch_size,

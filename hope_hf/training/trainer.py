@@ -3,11 +3,16 @@
 Mixed precision, gradient accumulation, clipping, warmup + cosine (transformers' get_scheduler),
 AdamW, the CMSSchedule (Eq 71), periodic held-out perplexity, tqdm, a JSONL log, and
 ``save_state`` checkpoints that ``resume_from`` restores exactly: model, optimizer, LR scheduler,
-CMS schedule, RNG states and the position in the data.
+CMS schedule, RNG states and the position in the data. A checkpoint's state file is written last
+and lists every file's size and SHA-256, so a checkpoint cut short or damaged is refused by name;
+``resume_from="auto"`` takes the latest complete one. SIGTERM writes a checkpoint and stops; a
+non-finite loss stops the run before any later checkpoint (docs/reliability.md).
 """
 
+import hashlib
 import json
 import math
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +30,8 @@ from ..optim.m3 import M3
 from .loop import cms_optimizer_step
 
 STATE_FILE = "trainer_state.json"
-STATE_FORMAT = "hope_hf.trainer/1"
+STATE_FORMAT = "hope_hf.trainer/2"  # /2: the state file lists every file's size and SHA-256
+READABLE_FORMATS = ("hope_hf.trainer/1", STATE_FORMAT)
 
 
 @dataclass
@@ -48,7 +54,7 @@ class TrainingConfig:
     save_every: int = 0  # 0: only the final checkpoint
     log_every: int = 1
     seed: int = 0
-    resume_from: str | None = None
+    resume_from: str | None = None  # a checkpoints/step_N folder, or "auto": the latest complete one, if any
     stop_after_steps: int | None = None  # stop early (as if preempted), for resume tests
     compile_chunks: bool = False  # hope_hf.ops.use_compiled_chunks for this process; long runs only (docs/kernels.md)
 
@@ -79,14 +85,75 @@ class TrainerState:
     history: list = field(default_factory=list)  # one dict per logged step / evaluation
 
 
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(path: Path) -> dict[str, dict]:
+    """{relative name: {"bytes", "sha256"}} of every file of a checkpoint but its state file."""
+    return {str(f.relative_to(path)): {"bytes": f.stat().st_size, "sha256": file_digest(f)}
+            for f in sorted(path.rglob("*")) if f.is_file() and f.name != STATE_FILE}
+
+
 def check_resumable(path: str | Path) -> Path:
+    """A complete, undamaged checkpoint, or a ValueError naming what is wrong and which file."""
     path = Path(path)
     state_file = path / STATE_FILE
     if not state_file.exists():
-        raise ValueError(f"{str(path)!r} is not a hope_hf training checkpoint (no {STATE_FILE})")
-    if json.loads(state_file.read_text()).get("format") != STATE_FORMAT:
-        raise ValueError(f"{str(path)!r} holds a checkpoint of another format than {STATE_FORMAT}")
+        raise ValueError(f"{str(path)!r} is not a hope_hf training checkpoint, or one cut short before its state "
+                         f"file was written (no {STATE_FILE})")
+    try:
+        saved = json.loads(state_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(state_file)!r} is damaged: {error}") from error
+    if saved.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{str(path)!r} holds a checkpoint of another format than {READABLE_FORMATS}")
+    for name, expected in saved.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"checkpoint file {str(file)!r} is missing")
+        if file.stat().st_size != expected["bytes"]:
+            raise ValueError(f"checkpoint file {str(file)!r} is truncated or damaged: {file.stat().st_size} bytes, "
+                             f"{expected['bytes']} written")
+        if file_digest(file) != expected["sha256"]:
+            raise ValueError(f"checkpoint file {str(file)!r} is damaged: its SHA-256 differs from the one written")
     return path
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint of the highest step under output_dir/checkpoints (None if there is none)."""
+    folders = sorted((Path(output_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]),
+                     reverse=True)
+    for folder in folders:
+        try:
+            return check_resumable(folder)
+        except ValueError as error:
+            print(f"skipping checkpoint {folder}: {error}")
+    return None
+
+
+class StopSignal:
+    """Within the block, SIGTERM (a preemption notice) only sets ``requested``; the loop then
+    writes a checkpoint and stops. Outside the main thread signals cannot be caught: a no-op."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def collate(blocks: list[dict]) -> torch.Tensor:
@@ -112,7 +179,11 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
 
     ``other_eval_datasets`` ({name: blocks}, e.g. old domains): evaluated whenever
     ``eval_dataset`` is, logged as ``{"eval_perplexity_other": {name: perplexity}}``."""
-    resume_dir = check_resumable(config.resume_from) if config.resume_from else None
+    if config.resume_from == "auto":
+        resume_dir = latest_checkpoint(config.output_dir)
+        print(f"resume auto: {'from ' + str(resume_dir) if resume_dir else 'no complete checkpoint, starting at step 0'}")
+    else:
+        resume_dir = check_resumable(config.resume_from) if config.resume_from else None
     use_compiled_chunks(config.compile_chunks)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -173,50 +244,83 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
         path = output_dir / "checkpoints" / f"step_{state.step}"
         if accelerator.is_fsdp2:
             materialize_adam_state(optimizer)
+        if (path / STATE_FILE).exists() and accelerator.is_main_process:
+            (path / STATE_FILE).unlink()  # a save over an earlier one is incomplete until its state file is back
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(path))
-        if accelerator.is_main_process:
-            payload = {"format": STATE_FORMAT, **asdict(state), "config": asdict(config)}
-            (path / STATE_FILE).write_text(json.dumps(payload, indent=1))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # the state file last, atomically: it marks the checkpoint complete
+            payload = {"format": STATE_FORMAT, **asdict(state), "config": asdict(config), "files": checkpoint_files(path)}
+            partial = path / (STATE_FILE + ".partial")
+            partial.write_text(json.dumps(payload, indent=1))
+            partial.replace(path / STATE_FILE)
         accelerator.wait_for_everyone()
         return path
+
+    nonfinite = torch.zeros((), dtype=torch.bool, device=accelerator.device)  # any loss not finite since the last check
+
+    def check_finite() -> None:
+        """Stop before anything is logged as good or saved after a non-finite loss (one sync, at log and save points)."""
+        if bool(accelerator.gather(nonfinite.int()[None]).any()):
+            raise FloatingPointError(f"the training loss was not finite at or before step {state.step}: training "
+                                     f"stopped, no checkpoint written after it (the last one is "
+                                     f"{latest_checkpoint(output_dir) or 'none'})")
+
+    def stop_requested(stop: StopSignal) -> bool:
+        """Whether any process got SIGTERM (all processes stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return stop.requested
+        return bool(accelerator.gather(torch.tensor([int(stop.requested)], device=accelerator.device)).any())
 
     progress = tqdm(total=config.max_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     window = []
     epoch, skip = divmod(state.micro_step, len(train_loader))
     model.train()
-    while state.step < config.max_steps:
-        train_loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(input_ids=batch, labels=batch).loss
-                accelerator.backward(loss)
-                window.append(loss.detach())
-                if accelerator.sync_gradients:
-                    optimizer_step(model, optimizer, schedule, accelerator, config.max_grad_norm)
-                    lr_scheduler.step()
-                optimizer.zero_grad()
-            state.micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            progress.update(1)
-            if state.step % config.log_every == 0 or state.step == config.max_steps:
-                mean_loss = accelerator.gather(torch.stack(window).mean()[None]).mean().item()
-                log({"step": state.step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
-                progress.set_postfix(loss=f"{mean_loss:.3f}")
-            window = []
-            if config.eval_every and state.step % config.eval_every == 0:
-                log(evaluation_record())
-            if config.save_every and state.step % config.save_every == 0:
-                save_checkpoint()
-            if state.step >= config.max_steps or state.step == config.stop_after_steps:
-                break
-        if state.step == config.stop_after_steps and state.step < config.max_steps:
-            progress.close()
-            return state
-        epoch, skip = epoch + 1, 0
+    stopping = False
+    with StopSignal() as stop:  # SIGTERM: finish the step, write a checkpoint, stop
+        while state.step < config.max_steps:
+            train_loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = model(input_ids=batch, labels=batch).loss
+                    accelerator.backward(loss)
+                    window.append(loss.detach())
+                    nonfinite |= ~torch.isfinite(loss.detach())
+                    if accelerator.sync_gradients:
+                        optimizer_step(model, optimizer, schedule, accelerator, config.max_grad_norm)
+                        lr_scheduler.step()
+                    optimizer.zero_grad()
+                state.micro_step += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                progress.update(1)
+                if state.step % config.log_every == 0 or state.step == config.max_steps:
+                    check_finite()
+                    mean_loss = accelerator.gather(torch.stack(window).mean()[None]).mean().item()
+                    log({"step": state.step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
+                    progress.set_postfix(loss=f"{mean_loss:.3f}")
+                window = []
+                if config.eval_every and state.step % config.eval_every == 0:
+                    log(evaluation_record())
+                if config.save_every and state.step % config.save_every == 0:
+                    check_finite()
+                    save_checkpoint()
+                stopping = stop_requested(stop)
+                if stopping:  # SIGTERM: a checkpoint of this step, then stop as a stopped run does
+                    if not (config.save_every and state.step % config.save_every == 0):
+                        check_finite()
+                        save_checkpoint()
+                    accelerator.print(f"SIGTERM: checkpoint written at step {state.step}; resume with --resume-from auto")
+                if state.step >= config.max_steps or state.step == config.stop_after_steps or stopping:
+                    break
+            if stopping or (state.step == config.stop_after_steps and state.step < config.max_steps):
+                progress.close()
+                return state
+            epoch, skip = epoch + 1, 0
     progress.close()
+    check_finite()
 
     if not (config.eval_every and state.step % config.eval_every == 0):
         log(evaluation_record())
