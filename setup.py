@@ -27,6 +27,6 @@ setup(
     extras_require={
         "eval": ["lm-eval>=0.4.13", "matplotlib"],
         "peft": ["peft>=0.18"],
-        "dev": ["pytest>=8", "gguf>=0.10", "matplotlib", "scikit-learn", "parameterized", "peft>=0.18"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "gguf>=0.10", "matplotlib", "scikit-learn", "parameterized", "peft>=0.18"],
     },
 )

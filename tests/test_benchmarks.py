@@ -75,3 +75,15 @@ def test_bench_m3_runs_every_optimizer_and_resumes(tmp_path, monkeypatch):
     resumed = json.loads(path.read_text())
     assert resumed["runs"] == payload["runs"] and " ; " in resumed["command"]
     assert committed_bytes("bench_m3") == before
+
+
+def test_bench_reliability_measures_every_check_against_a_step(tmp_path, monkeypatch):
+    from evaluation.benchmarks import bench_reliability
+
+    monkeypatch.chdir(tmp_path)
+    saved = bench_reliability.main(["--repeats", "1", "--batch-size", "1", "--length", "16"])
+    assert saved == json.loads((tmp_path / "outputs" / "bench_reliability.json").read_text())
+    assert [run["shape"] for run in saved["runs"]] == list(bench_reliability.SHAPES)
+    for run in saved["runs"]:
+        assert 0 < run["checks_s"] < run["step_s"] and 0 < run["nonfinite_flag_s"] < run["step_s"]
+        assert run["checks_vs_step"] == run["checks_s"] / run["step_s"] and run["hash_checkpoint_s"] > 0
