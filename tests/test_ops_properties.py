@@ -3,6 +3,8 @@ offsets, padding, row ends, initial states and widths, the chunked path equals t
 reference in every output and every input's gradient (fp64), and titans stays finite at 32K
 tokens in fp32 and bf16 (docs/reliability.md)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,10 @@ from hope_hf.ops import (
 )
 
 CASES = 200
+CUDA = torch.cuda.is_available()
+# the fused Triton path: 200 cases on a GPU; on CPU, Triton's interpreter (conftest sets
+# TRITON_INTERPRET=1) takes about 3 s a case, so CI runs 20
+FUSED_CASES = CASES if CUDA else 20
 
 
 @st.composite
@@ -76,6 +82,52 @@ def test_chunk_path_equals_the_reference_on_generated_inputs(case):
     for a, b, tensor in zip(chunked_grads, reference_grads, tensors):
         a, b = (torch.zeros_like(tensor) if g is None else g for g in (a, b))
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@st.composite
+def fused_cases(draw):
+    """What the fused kernel takes: head width and chunk size 16 or 32, padding, offsets, a chunk state."""
+    batch, heads, width, chunk_size = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([16, 32])), \
+        draw(st.sampled_from([16, 32]))
+    length = draw(st.integers(1, 70))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(batch):
+        left = draw(st.integers(0, length))
+        mask[row, :left] = 0
+        mask[row, draw(st.integers(left, length)):] = 0
+    return dict(shape=(batch, length, heads, width), chunk_size=chunk_size, seed=draw(st.integers(0, 2**31 - 1)),
+                chunk_offset=draw(st.integers(0, chunk_size - 1)), with_chunk_state=draw(st.booleans()),
+                mask=mask if draw(st.booleans()) else None, row_ends=None, eta_max=draw(st.sampled_from([0.5, 1.0])),
+                self_referential=draw(st.booleans()), detach_values=draw(st.booleans()))
+
+
+@pytest.mark.skipif(not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"), reason="needs a GPU or TRITON_INTERPRET=1")
+@settings(max_examples=FUSED_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=fused_cases())
+def test_fused_path_equals_the_reference_on_generated_inputs(case):
+    pytest.importorskip("triton")
+    from hope_hf.ops.self_referential.fused_chunk import fused_chunk_self_referential_gated_delta_rule as fused
+
+    device = "cuda" if CUDA else "cpu"
+    tensors, generator = inputs_of(case)
+    tensors = [t.detach().to(device).requires_grad_() for t in tensors]
+    case = {**case, "mask": None if case["mask"] is None else case["mask"].to(device)}
+    results = []
+    for kernel in (naive_self_referential_gated_delta_rule, fused):
+        u, q, b_eta, b_alpha, state, *chunk_state = tensors
+        outputs = kernel(u, q, b_eta, b_alpha, state, case["chunk_size"], case["eta_max"],
+                         chunk_state[0] if chunk_state else None, case["chunk_offset"], case["mask"],
+                         case["self_referential"], case["detach_values"])
+        if not results:
+            weights = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(device) for x in outputs]
+        loss = sum((w * x).sum() for w, x in zip(weights, outputs))
+        results.append((outputs, torch.autograd.grad(loss, tensors, allow_unused=True)))
+    (reference, reference_grads), (fused_outputs, fused_grads) = results
+    for a, b in zip(fused_outputs, reference):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+    for a, b, tensor in zip(fused_grads, reference_grads, tensors):
+        a, b = (torch.zeros_like(tensor) if g is None else g for g in (a, b))
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
