@@ -55,3 +55,15 @@ def has_cpp_compiler() -> bool:
 
 
 requires_cpp_compiler = pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+
+
+def small_training_data(folder) -> list[str]:
+    """scripts/train.py's --data and --tokenizer arguments for 12 lines of the embedded text and a
+    300-token BPE trained on them, written under ``folder``."""
+    from hope_hf.data import sample_text_path
+    from hope_hf.training import train_bpe_tokenizer
+
+    lines = sample_text_path().read_text().splitlines()[:12]
+    (folder / "text.txt").write_text("\n".join(lines) + "\n")
+    train_bpe_tokenizer(lines, 300).save_pretrained(folder / "tokenizer")
+    return ["--data", str(folder / "text.txt"), "--tokenizer", str(folder / "tokenizer")]

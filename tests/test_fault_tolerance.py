@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hope_hf.data import sample_text_path
-from hope_hf.training import train_bpe_tokenizer
 from hope_hf.training.trainer import STATE_FILE, check_resumable, latest_checkpoint
+
+from helpers import small_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 30
@@ -29,11 +29,7 @@ RUN = ["--preset", "tiny", "--block-size", "32", "--batch-size", "2", "--eval-ev
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    lines = sample_text_path().read_text().splitlines()[:12]
-    (folder / "text.txt").write_text("\n".join(lines) + "\n")
-    train_bpe_tokenizer(lines, 300).save_pretrained(folder / "tokenizer")
-    return ["--data", str(folder / "text.txt"), "--tokenizer", str(folder / "tokenizer")]
+    return small_training_data(tmp_path_factory.mktemp("data"))
 
 
 def command(data, output_dir, *extra):

@@ -132,7 +132,7 @@ def test_calibration_command_writes_the_rule_into_a_saved_model(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "model" / "test_time_calibration.json").read_text())
     assert report["validation_tokens"] == {str(tmp_path / "a.txt"): 300, "code": 300}
-    assert len(report["candidates"]) == 7 and all(len(row["documents"]) == 2 for row in report["candidates"])
+    assert len(report["candidates"]) == 9 and all(len(row["documents"]) == 2 for row in report["candidates"])
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert saved.config.test_time_learning == report["chosen"] and report["chosen"]["segment_size"] == 128
     # the statistics of rule "rms" lie beside the weights whatever was chosen, and the reloaded model reads with them

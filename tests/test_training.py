@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
 from safetensors.torch import load_file
 
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_bpe_tokenizer
-from helpers import requires_cpp_compiler
+from helpers import requires_cpp_compiler, small_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -26,11 +27,7 @@ SMALL_RUN = ["--preset", "tiny", "--block-size", "32", "--batch-size", "2", "--e
 
 @pytest.fixture(scope="module")
 def data_and_tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    lines = sample_text_path().read_text().splitlines()[:12]
-    (folder / "text.txt").write_text("\n".join(lines) + "\n")
-    train_bpe_tokenizer(lines, 300).save_pretrained(folder / "tokenizer")
-    return ["--data", str(folder / "text.txt"), "--tokenizer", str(folder / "tokenizer")]
+    return small_training_data(tmp_path_factory.mktemp("data"))
 
 
 def run(args, env=None, launcher=(sys.executable,)):

@@ -29,6 +29,7 @@ PNG of loss against tokens read.
 """
 
 import argparse
+import json
 import math
 import time
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path
 from hope_hf.test_time import DynamicEvaluation, InContextLearner, gradient_statistics, parameter_names
 from hope_hf.test_time.calibration import compare_with_plain, halves
+from hope_hf.training.calibration import REPORT_FILE
 from hope_hf.training.domains import domain_documents, split_documents
 
 DOMAINS = {"Spanish": "spanish", "English": "english", "Python code": "code"}  # name in the results: corpus
@@ -51,15 +53,15 @@ LLAMA_CMS_GRID = {  # "cms": the new level (level 0, the pretrained MLP, frozen)
             *(dict(rule="adam", lr=lr, max_grad_norm=1.0, periods="every level") for lr in (3e-6, 1e-5)),
             *(dict(rule="rms", lr=lr) for lr in (1e-5, 3e-5)),
             *(dict(rule="rms", lr=lr, periods="every level") for lr in (3e-6, 1e-5, 3e-5))],
-    "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (3e-6, 1e-5, 3e-5) for decay in (0.0, 0.02)],
+    "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (1e-6, 3e-6, 1e-5, 3e-5) for decay in (0.0, 0.02)],
     "dynamic evaluation, mlp": [dict(lr=lr, decay=decay) for lr in (3e-6, 1e-5, 3e-5) for decay in (0.0, 0.02)],
 }
 HOPE_GRID = {
-    "cms": [*(dict(rule="sgd", lr=lr) for lr in (1e-2, 1e-1)),
-            *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3)),
-            *(dict(rule="rms", lr=lr) for lr in (1e-4, 1e-3, 3e-3))],
-    "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (1e-4, 1e-3, 3e-3) for decay in (0.0, 0.02)],
-    "dynamic evaluation, mlp": [dict(lr=lr, decay=decay) for lr in (1e-4, 1e-3, 3e-3) for decay in (0.0, 0.02)],
+    "cms": [*(dict(rule="sgd", lr=lr) for lr in (1e-2, 1e-1, 3e-1)),
+            *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3, 1e-2)),
+            *(dict(rule="rms", lr=lr) for lr in (3e-5, 1e-4, 1e-3))],
+    "dynamic evaluation, all": [dict(lr=lr, decay=decay) for lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3) for decay in (0.0, 0.02)],
+    "dynamic evaluation, mlp": [dict(lr=lr, decay=decay) for lr in (3e-5, 1e-4, 3e-4, 1e-3) for decay in (0.0, 0.02)],
 }
 CALIBRATED, PLAIN = "calibrated default", "plain reading"
 MAIN_JOB_MODEL = Path("outputs/continual_pretrain/final")
@@ -195,7 +197,9 @@ def main(argv=None) -> dict:
                             for c in CORPORA])
         everything = gradient_statistics(model, blocks, parameter_names(model, "all"))
         statistics = {"all": everything, "mlp": {name: everything[name] for name in parameter_names(model, "mlp")}}
+    report = source / REPORT_FILE  # how the model's own rule was chosen, if it was calibrated
     results.save(model=str(source), calibrated_default=model.config.test_time_learning,
+                 calibration=json.loads(report.read_text()) if report.is_file() else None,
                  grid={f: grid[f] for f in families})
     docs = {split: long_documents(tokenizer, split, tokens, args.documents)
             for split, tokens in (("validation", args.validation_tokens), ("test", args.tokens))}
@@ -220,8 +224,10 @@ def main(argv=None) -> dict:
     for family, options in tqdm(test_families, desc="test reads"):
         run("test", family, options)
         compare_all(results.runs)
-        results.save(summary=summarize(results.runs))
-        plot(results.runs, path.with_suffix(".png"))
+        # a resumed run with a longer grid may have read the test documents with an earlier choice: not reported
+        reported = [r for r in results.runs if r["split"] == "test" and (r["family"], r["options"]) in test_families]
+        results.save(summary=summarize(reported))
+        plot(reported, path.with_suffix(".png"))
     results.save(complete=True)
     print(f"wrote {path} and .png")
     return results.saved
@@ -235,10 +241,11 @@ def compare_all(runs: list[dict]) -> None:
                            "time_per_token_ratio": run["seconds_per_token"] / plain["seconds_per_token"]}
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Per test document and family: the second half against plain reading and against dynamic evaluation."""
+def summarize(test_runs: list[dict]) -> dict:
+    """Per test document and family: the second half and the worst first-half segment against plain
+    reading, and the costs."""
     summary = {}
-    for run in (r for r in runs if r["split"] == "test" and r["family"] != PLAIN):
+    for run in (r for r in test_runs if r["family"] != PLAIN):
         row = summary.setdefault(run["document"], {})
         row[run["family"]] = {k: run["vs_plain"][k] for k in ("second_half_vs_plain", "worst_first_half_segment_vs_plain",
                                                                "time_per_token_ratio")}
@@ -246,9 +253,8 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(test: list[dict], path: Path) -> None:
     """Test documents: loss of each segment against the tokens read by its end, every family."""
-    test = [r for r in runs if r["split"] == "test"]
     names = list(dict.fromkeys(r["document"] for r in test))
     fig, axes = pyplot().subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):

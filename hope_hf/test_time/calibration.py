@@ -24,9 +24,9 @@ from .in_context import BUILT_IN_RULE, STATISTICS_FILE, InContextLearner
 # (a Llama retrofitted with new levels) only small ones (docs/evaluation.md). "every level" reads
 # with every level stepping after each segment, the pretrained MLP (level 0) included.
 CANDIDATES = {
-    "hope": [dict(rule="sgd", lr=1e-2), dict(rule="sgd", lr=1e-1),
+    "hope": [*(dict(rule="sgd", lr=lr) for lr in (1e-2, 1e-1, 3e-1)),
              *(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-4, 1e-3, 3e-3)),
-             *(dict(rule="rms", lr=lr) for lr in (1e-4, 1e-3))],
+             *(dict(rule="rms", lr=lr) for lr in (3e-5, 1e-4, 1e-3))],
     "llama_cms": [*(dict(rule="adam", lr=lr, max_grad_norm=1.0) for lr in (1e-5, 3e-5)),
                   *(dict(rule="rms", lr=lr) for lr in (1e-5, 3e-5, 1e-4)),
                   *(dict(rule="rms", lr=lr, periods="every level") for lr in (3e-6, 1e-5))],
