@@ -37,6 +37,7 @@ from transformers import GenerationConfig
 import hope_hf  # noqa: F401  (registers llama_cms with the Auto classes)
 from hope_hf.data import smollm2_gguf_path
 from hope_hf.training import train
+from hope_hf.test_time.calibration import SEGMENT_SIZE
 from hope_hf.training.calibration import CALIBRATION_TOKENS, calibrate_on_domains
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
 from hope_hf.training.continual import (
@@ -92,8 +93,9 @@ def main():
     args = parser.parse_args()
     if args.eval_blocks < 1:
         parser.error(f"--eval-blocks must be >= 1, got {args.eval_blocks}")
-    if args.calibrate_tokens < 0:
-        parser.error(f"--calibrate-tokens must be >= 0, got {args.calibrate_tokens}")
+    if args.calibrate_tokens and args.calibrate_tokens < 2 * SEGMENT_SIZE + 1:
+        parser.error(f"--calibrate-tokens must be 0 (no calibration) or >= {2 * SEGMENT_SIZE + 1} (two segments of "
+                     f"{SEGMENT_SIZE} and one token), got {args.calibrate_tokens}")
     if args.test_tokens < 1:
         parser.error(f"--test-tokens must be >= 1, got {args.test_tokens}")
     if domain_name(args.data) in map(domain_name, args.old_data):

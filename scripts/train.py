@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.data import sample_text_path
 from hope_hf.training import build_datasets, train, train_bpe_tokenizer
+from hope_hf.test_time.calibration import SEGMENT_SIZE
 from hope_hf.training.calibration import CALIBRATION_TOKENS, calibrate_on_domains
 from hope_hf.training.domains import DOMAINS
 from hope_hf.training.cli import add_training_arguments, training_config, training_results
@@ -63,8 +64,9 @@ def main():
     parser.add_argument("--calibrate-domains", nargs="+", default=list(DOMAINS), help="names or .txt files")
     add_training_arguments(parser)
     args = parser.parse_args()
-    if args.calibrate_tokens < 0:
-        parser.error(f"--calibrate-tokens must be >= 0, got {args.calibrate_tokens}")
+    if args.calibrate_tokens and args.calibrate_tokens < 2 * SEGMENT_SIZE + 1:
+        parser.error(f"--calibrate-tokens must be 0 (no calibration) or >= {2 * SEGMENT_SIZE + 1} (two segments of "
+                     f"{SEGMENT_SIZE} and one token), got {args.calibrate_tokens}")
     if not args.config and args.preset not in PRESETS:
         parser.error(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
     config = training_config(args)

@@ -51,6 +51,9 @@ def calibrate_on_domains(model, tokenizer, sources: list[str], tokens: int = CAL
     """Calibrate ``model`` on ``tokens`` validation tokens of each domain (a name or a .txt file);
     with ``folder``, write the choice into its config.json, the statistics beside it and the report
     as REPORT_FILE. Returns the report: the choice and every candidate's scores."""
+    if tokens < 2 * SEGMENT_SIZE + 1:
+        raise ValueError(f"calibration reads at least two segments of {SEGMENT_SIZE} tokens and one more: "
+                         f"tokens (--calibrate-tokens) must be >= {2 * SEGMENT_SIZE + 1}, got {tokens}")
     documents = [validation_text_ids(source, tokenizer, tokens) for source in sources]
     model.eval().requires_grad_(True)  # training is over: every CMS level may learn while reading
     statistics = gradient_statistics(model, training_blocks(sources, tokenizer, SEGMENT_SIZE), parameter_names(model, "mlp"))
@@ -71,8 +74,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not (args.folder / "config.json").is_file():
         parser.error(f"{args.folder} holds no config.json")
-    if args.tokens < 2:
-        parser.error(f"--tokens must be >= 2, got {args.tokens}")
+    if args.tokens < 2 * SEGMENT_SIZE + 1:
+        parser.error(f"--tokens must be >= {2 * SEGMENT_SIZE + 1} (two segments of {SEGMENT_SIZE} and one token), got {args.tokens}")
     model = AutoModelForCausalLM.from_pretrained(args.folder)
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
     return calibrate_on_domains(model, tokenizer, args.domains, args.tokens, folder=args.folder)
