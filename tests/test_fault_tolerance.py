@@ -116,8 +116,7 @@ def test_twenty_random_kills_then_resume_auto_end_bit_identical(data, uninterrup
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, uninterrupted, tmp_path):
     folder = tmp_path / "term"
     process, training, lines = start_training(command(data, folder, "--save-every", "0"))
-    assert training.wait(timeout=300)
-    time.sleep(1.0)
+    assert training.wait(timeout=300)  # the progress bar shows once SIGTERM is caught
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 0, "".join(lines)[-3000:]
     checkpoint = latest_checkpoint(folder)  # --save-every 0: the only checkpoint is SIGTERM's

@@ -272,12 +272,13 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
             return stop.requested
         return bool(accelerator.gather(torch.tensor([int(stop.requested)], device=accelerator.device)).any())
 
-    progress = tqdm(total=config.max_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     window = []
     epoch, skip = divmod(state.micro_step, len(train_loader))
     model.train()
     stopping = False
     with StopSignal() as stop:  # SIGTERM: finish the step, write a checkpoint, stop
+        # the bar shows once SIGTERM is caught (tests wait for it)
+        progress = tqdm(total=config.max_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
         while state.step < config.max_steps:
             train_loader.set_epoch(epoch)
             batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
