@@ -12,7 +12,8 @@ from evaluation.lib import corpora
 from evaluation.lib.corpora import SPLITS, batch_order, code_documents, documents
 from evaluation.lib.models import MODELS, ModelShape, build_model, matched_models
 from evaluation.lib.results import HEADER
-from evaluation.lib.training import M3, RunSettings, accumulate_gradients, make_optimizers, train_lm
+from evaluation.lib.sweep import rate_search, tuned_summary
+from evaluation.lib.training import M3, OptimizerSpec, RunSettings, accumulate_gradients, make_optimizers, train_lm
 from evaluation.lm import run_lm_comparison, run_optimizer_sweep
 
 TINY = ModelShape(hidden_size=32, num_layers=2, num_heads=2, vocab_size=97, block_size=16,
@@ -135,29 +136,96 @@ def small_corpus(tmp_path):
     return str(path)
 
 
-def test_comparison_end_to_end_writes_valid_json(tmp_path, small_corpus, monkeypatch):
+def test_comparison_end_to_end_tunes_each_model_then_runs_seeds(tmp_path, small_corpus, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output goes under outputs/ of the working directory
-    run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", *TINY_ARGS])
+    run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", "--seeds", "0", "1", "--learning-rates", "1e-3",
+                            "3e-3", "1e-2", "--max-rates", "4", *TINY_ARGS])
     output = tmp_path / "outputs" / "lm_comparison_small_tiny.json"
     payload = json.loads(output.read_text())
     assert list(payload)[: len(HEADER)] == list(HEADER)
     assert payload["command"].startswith("python -m evaluation.lm.run_lm_comparison --corpus")
     assert output.with_suffix(".png").stat().st_size > 0
-    assert {row["model"] for row in payload["summary"]} == set(MODELS) and len(payload["runs"]) == len(MODELS)
+    for size in payload["parameters"].values():  # matched within 2%
+        assert abs(size["non_embedding"] / 40_000 - 1) <= 0.02
+    chosen = {row["model"]: row for row in payload["summary"]["chosen"]}
+    assert set(chosen) == set(MODELS)
+    for model, row in chosen.items():
+        tried = {r["lr"]: r["final_validation_loss"] for r in payload["runs"] if r["model"] == model and r["seed"] == 0}
+        assert {1e-3, 3e-3, 1e-2} <= set(tried) and len(tried) <= 4
+        # chosen on validation with the first seed; the edge was extended while the cap allowed
+        assert tried[row["lr"]] == min(tried.values())
+        assert row["at_edge"] == (row["lr"] in (min(tried), max(tried)))
+        assert len(tried) == 4 or not row["at_edge"]
+        # the second seed runs at the chosen rate only; the test loss is reported over both seeds
+        assert {r["lr"] for r in payload["runs"] if r["model"] == model and r["seed"] == 1} == {row["lr"]}
+        assert row["seeds"] == [0, 1] and len(row["final_test_loss"]["values"]) == 2
     for run in payload["runs"]:
         assert run["steps_run"] == 3 and math.isfinite(run["final_test_loss"]) and math.isfinite(run["final_validation_loss"])
         assert [p["step"] for p in run["curve"]] == [0, 2, 3]
-        # 3 steps from a uniform start: the loss is near log(vocab)
-        assert abs(run["curve"][0]["validation_loss"] - math.log(300)) < 1.0
+        assert abs(run["curve"][0]["validation_loss"] - math.log(300)) < 1.0  # 3 steps from a uniform start
     assert payload["model_configs"]["hope_titans"]["titans_decay_init_min"] == 0.99
     assert payload["complete"] is True
     assert payload["duration_s"] > 0 and len(payload["load_average"]) == 3
     assert payload["data"]["tokens_per_run"] == 3 * 8 * 32
-    # resuming with another seed keeps the first runs and adds one per model
-    again = run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", *TINY_ARGS, "--resume", "--seeds", "1",
-                                    "--models", "llama"])
-    assert again["runs"][: len(MODELS)] == payload["runs"] and len(again["runs"]) == len(MODELS) + 1
+    # resuming with a third seed adds one run per model asked for, at its chosen rate
+    again = run_lm_comparison.main(["--corpus", small_corpus, "--steps", "3", *TINY_ARGS, "--resume", "--seeds", "0", "1",
+                                    "2", "--learning-rates", "1e-3", "3e-3", "1e-2", "--max-rates", "4", "--models", "llama"])
+    assert again["runs"][: len(payload["runs"])] == payload["runs"] and len(again["runs"]) == len(payload["runs"]) + 1
+    assert (again["runs"][-1]["model"], again["runs"][-1]["lr"], again["runs"][-1]["seed"]) == ("llama", chosen["llama"]["lr"], 2)
     assert again["command"].count(" ; ") == 1
+
+
+def test_comparison_merges_a_parallel_job(tmp_path, small_corpus):
+    common = ["--corpus", small_corpus, "--steps", "2", "--seeds", "0", "--learning-rates", "1e-3", "1e-2", "--max-rates", "2",
+              *TINY_ARGS]
+    main = run_lm_comparison.main([*common, "--models", "llama", "--output", str(tmp_path / "a.json")])
+    side = run_lm_comparison.main([*common, "--models", "hope_titans", "--output", str(tmp_path / "b.json")])
+    with pytest.raises(SystemExit, match="--merge-from needs --resume"):
+        run_lm_comparison.main([*common, "--models", "llama", "--merge-from", str(tmp_path / "b.json"),
+                                "--output", str(tmp_path / "new.json")])
+    merged = run_lm_comparison.main([*common, "--models", "llama", "--resume", "--merge-from", str(tmp_path / "b.json"),
+                                     "--output", str(tmp_path / "a.json")])
+    assert merged["runs"] == main["runs"] + side["runs"]  # nothing reran
+    assert merged["command"] == main["command"] + " ; " + side["command"] + " ; " + merged["command"].split(" ; ")[-1]
+    assert merged["duration_s"] >= main["duration_s"] + side["duration_s"]
+    assert {row["model"] for row in merged["summary"]["chosen"]} == {"llama", "hope_titans"}
+
+
+def search_runs(losses: dict, seed: int = 0, model: str = "m") -> list[dict]:
+    return [{"model": model, "lr": lr, "seed": seed, "final_validation_loss": loss} for lr, loss in losses.items()]
+
+
+def test_rate_search_tries_every_rate_then_extends_an_edge_then_adds_seeds():
+    groups, rates, seeds = [{"model": "m"}], [1e-3, 3e-3, 1e-2], [0, 1, 2]
+
+    def pending(runs, **options):
+        return [(c["lr"], c["seed"]) for c in rate_search(runs, groups, rates, seeds, "final_validation_loss", **options)]
+
+    assert pending([]) == [(1e-3, 0), (3e-3, 0), (1e-2, 0)]
+    assert pending(search_runs({1e-3: 4.0})) == [(3e-3, 0), (1e-2, 0)]
+    assert pending(search_runs({1e-3: 4.0, 3e-3: 3.9, 1e-2: 3.8})) == [(0.03, 0)]  # best at the top edge
+    assert pending(search_runs({1e-3: 3.7, 3e-3: 3.9, 1e-2: 3.8})) == [(0.000333, 0)]  # at the bottom edge
+    nan = float("nan")
+    assert pending(search_runs({1e-3: nan, 3e-3: nan, 1e-2: nan})) == [(0.000333, 0)]  # all diverged: lower
+    assert pending(search_runs({1e-3: 4.0, 3e-3: 3.9, 1e-2: nan})) == [(3e-3, 1), (3e-3, 2)]  # interior: seeds
+    edge = search_runs({1e-3: 4.0, 3e-3: 3.9, 1e-2: 3.8, 3e-2: 3.7})
+    assert pending(edge, max_rates=4) == [(3e-2, 1), (3e-2, 2)]  # the cap reached: the edge stands
+    assert pending(edge + search_runs({3e-2: 3.6}, seed=1), max_rates=4) == [(3e-2, 2)]
+    assert pending(edge + search_runs({3e-2: 3.6}, seed=1) + search_runs({3e-2: 3.6}, seed=2), max_rates=4) == []
+    assert pending(search_runs({1e-3: 0.2, 3e-3: 0.9, 1e-2: 0.5}), higher_is_better=True) == [(3e-3, 1), (3e-3, 2)]
+    assert pending(search_runs({1e-3: 4.0, 3e-3: 3.9, 1e-2: 4.1}, model="other")) == [(1e-3, 0), (3e-3, 0), (1e-2, 0)]
+
+
+def test_tuned_summary_reports_the_test_loss_of_the_rate_chosen_on_validation():
+    runs = [{**r, "final_test_loss": r["final_validation_loss"] + 0.5}
+            for r in search_runs({1e-3: 4.0, 3e-3: 3.8, 1e-2: 3.9}) + search_runs({3e-3: 3.6}, seed=1)
+            + search_runs({1e-3: 3.0}, seed=1)]  # a run at a rate not chosen does not count
+    summary = tuned_summary(runs, [{"model": "m"}, {"model": "absent"}], [0, 1], "final_validation_loss",
+                            ("final_validation_loss", "final_test_loss"))
+    assert [(r["lr"], r["final_validation_loss"]) for r in summary["by_rate"]] == [(1e-3, 4.0), (3e-3, 3.8), (1e-2, 3.9)]
+    (row,) = summary["chosen"]
+    assert row["lr"] == 3e-3 and row["at_edge"] is False and row["seeds"] == [0, 1]
+    assert row["final_test_loss"]["mean"] == pytest.approx(4.2) and row["final_test_loss"]["std"] == pytest.approx(0.1414, abs=1e-3)
 
 
 def best_row(payload, model, label):
@@ -254,3 +322,18 @@ def test_m3_momentum_decay_axis():
     (default_m3,) = make_optimizers(model, next(s for s in specs if s.m3_momentum_decay == 1.0))
     reference = M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
     assert [{**lv, "decay": lv.get("decay", 1.0)} for lv in reference.param_groups[0]["levels"]] == default_m3.param_groups[0]["levels"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "m3"])
+def test_parameters_marked_no_weight_decay_are_not_decayed(optimizer):
+    """fla's rule for a Gated DeltaNet's A_log and dt_bias: with zero gradients, only weight decay moves a weight."""
+    torch.manual_seed(0)
+    model = build_model("gated_deltanet", TINY, 64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    for opt in make_optimizers(model, OptimizerSpec(name=optimizer, lr=1e-2, adamw_lr=1e-2, weight_decay=0.5)):
+        opt.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p, before[name])
+        assert moved != name.endswith(("A_log", "dt_bias")), name

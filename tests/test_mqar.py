@@ -24,7 +24,7 @@ from hope_hf.evaluation.mqar import (
     oracle_answers,
     train_mqar,
 )
-from hope_hf.modeling.gated_deltanet_baseline import gated_delta_rule
+from hope_hf.modeling.gated_deltanet_baseline import GatedDeltaNetMixer, gated_delta_rule
 
 
 def test_batches_put_pairs_first_queries_later_and_answers_only_in_labels():
@@ -91,13 +91,31 @@ def test_answer_accuracy_reads_the_prediction_at_the_query_key():
     assert answer_accuracy(torch.zeros_like(perfect), labels) == 0.0
 
 
-def test_gated_deltanet_matches_fla_reference():
+@pytest.mark.parametrize("d_v", [8, 16], ids=["expand_v-1", "expand_v-2"])
+def test_gated_deltanet_matches_fla_reference(d_v):
     naive = pytest.importorskip("fla.ops.gated_delta_rule.naive")
     B, T, H, d = 2, 37, 3, 8
     q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, d), dim=-1) for _ in range(2))
-    v, beta, g = torch.randn(B, T, H, d), torch.rand(B, T, H), -torch.rand(B, T, H)
+    v, beta, g = torch.randn(B, T, H, d_v), torch.rand(B, T, H), -torch.rand(B, T, H)
     expected, _ = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g)
     torch.testing.assert_close(gated_delta_rule(q, k, v, beta, g), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hidden, heads, expand_v", [(128, 4, 2), (96, 3, 1)])
+def test_gated_deltanet_mixer_has_fla_layers_parameters(hidden, heads, expand_v):
+    """The same weights as fla's GatedDeltaNet layer (its three short convs are one depthwise conv
+    here), and the same parameters exempt from weight decay."""
+    layers = pytest.importorskip("fla.layers")
+    fla = layers.GatedDeltaNet(hidden_size=hidden, num_heads=heads, head_dim=hidden // heads, expand_v=expand_v, conv_size=4)
+    config = HopeConfig(hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=1, vocab_size=32, titans_conv_size=4)
+    ours = GatedDeltaNetMixer(config, 0, expand_v=expand_v)
+    theirs = dict(fla.named_parameters())
+    convs = [theirs.pop(f"{x}_conv1d.weight") for x in "qkv"]
+    assert {n: tuple(p.shape) for n, p in ours.named_parameters() if n != "conv1d.weight"} == {n: tuple(p.shape) for n, p in theirs.items()}
+    assert ours.conv1d.weight.shape == torch.cat(convs).shape
+    assert {n for n, p in ours.named_parameters() if getattr(p, "_no_weight_decay", False)} == {"A_log", "dt_bias"}
+    with pytest.raises(ValueError, match="expand_v"):
+        GatedDeltaNetMixer(config, 0, expand_v=1.01)
 
 
 @pytest.mark.parametrize("variant", list(MIXER_VARIANTS))

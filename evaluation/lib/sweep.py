@@ -56,4 +56,71 @@ def at_edge(row: dict, rows: list[dict], within: tuple, axis: str) -> bool:
     return len(tried) > 1 and row[axis] in (min(tried), max(tried))
 
 
-__all__ = ["at_edge", "best_rows", "grid", "group_by", "spread", "summarize"]
+def _sig(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds: list[int], choose_on: str,
+                rate_key: str = "lr", higher_is_better: bool = False, factor: float = 3.0, max_rates: int = 6) -> list[dict]:
+    """The cells still to run so that every group (e.g. {"model": "llama"}) is at its best rate.
+
+    First every rate of ``rates`` with ``seeds[0]``; while a group's best (on ``choose_on``, a
+    validation metric; a NaN run never wins) is the lowest or highest rate it tried, one more rate
+    ``factor`` beyond it (up to ``max_rates`` in all); then the other seeds at the chosen rate.
+    Call again after running what it returns, until it returns nothing: it is stateless, so a
+    resumed file carries on where it stopped."""
+    pending = []
+    for group in groups:
+        mine = [r for r in runs if all(r.get(k) == v for k, v in group.items()) and r.get("seed") == seeds[0]]
+        tried = {r[rate_key]: r[choose_on] for r in mine}
+        missing = [lr for lr in rates if lr not in tried]
+        if missing:
+            pending += [{**group, rate_key: lr, "seed": seeds[0]} for lr in missing]
+            continue
+        best = chosen_rate(tried, higher_is_better)
+        beyond = None
+        if best is None:  # every rate diverged: go lower
+            beyond = _sig(min(tried) / factor)
+        elif best == max(tried) and len(tried) > 1:
+            beyond = _sig(best * factor)
+        elif best == min(tried) and len(tried) > 1:
+            beyond = _sig(best / factor)
+        if beyond is not None and len(tried) < max_rates:
+            pending.append({**group, rate_key: beyond, "seed": seeds[0]})
+        elif best is not None:
+            done = {r.get("seed") for r in runs if all(r.get(k) == v for k, v in group.items()) and r[rate_key] == best}
+            pending += [{**group, rate_key: best, "seed": s} for s in seeds if s not in done]
+    return pending
+
+
+def chosen_rate(metric_by_rate: dict, higher_is_better: bool = False):
+    """The rate with the best finite metric, or None if every run diverged."""
+    finite = {lr: v for lr, v in metric_by_rate.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        return None
+    return (max if higher_is_better else min)(finite, key=finite.get)
+
+
+def tuned_summary(runs: list[dict], groups: list[dict], seeds: list[int], choose_on: str, report: tuple,
+                  rate_key: str = "lr", higher_is_better: bool = False) -> dict:
+    """{"by_rate": ``choose_on`` of every rate tried with seeds[0], per group; "chosen": per group, the
+    rate chosen on ``choose_on``, whether it lies at the edge of what was tried, and the spread of
+    every metric of ``report`` over the seeds run at that rate}."""
+    by_rate, chosen = [], []
+    for group in groups:
+        mine = [r for r in runs if all(r.get(k) == v for k, v in group.items())]
+        tried = {r[rate_key]: r[choose_on] for r in mine if r.get("seed") == seeds[0]}
+        by_rate += [{**group, rate_key: lr, choose_on: tried[lr]} for lr in sorted(tried)]
+        best = chosen_rate(tried, higher_is_better)
+        if best is None:
+            continue
+        at_best = [r for r in mine if r[rate_key] == best and r.get("seed") in seeds]
+        row = {**group, rate_key: best, "at_edge": len(tried) > 1 and best in (min(tried), max(tried)),
+               "seeds": [r["seed"] for r in at_best]}
+        row.update({metric: spread([r[metric] for r in at_best]) for metric in report})
+        chosen.append(row)
+    return {"by_rate": by_rate, "chosen": chosen}
+
+
+__all__ = ["at_edge", "best_rows", "chosen_rate", "grid", "group_by", "rate_search", "spread", "summarize",
+           "tuned_summary"]

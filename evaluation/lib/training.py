@@ -33,17 +33,28 @@ class OptimizerSpec:
     betas: tuple = (0.9, 0.95)  # of AdamW (and of the AdamW part of muon / m3)
 
 
+def decay_groups(params, weight_decay: float, **options) -> list[dict]:
+    """Parameter groups: those marked ``_no_weight_decay`` (fla's marking, e.g. a Gated DeltaNet's
+    A_log and dt_bias) get none, the rest ``weight_decay``; empty groups are left out."""
+    params = list(params)
+    exempt = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    decayed = [p for p in params if not getattr(p, "_no_weight_decay", False)]
+    groups = [{"params": decayed, "weight_decay": weight_decay, **options}, {"params": exempt, "weight_decay": 0.0, **options}]
+    return [g for g in groups if g["params"]]
+
+
 def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
     if spec.name == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)]
+        return [torch.optim.AdamW(decay_groups(model.parameters(), spec.weight_decay), lr=spec.lr, betas=tuple(spec.betas))]
     matrices, others = hidden_matrices(model)
     if spec.name == "muon":
         return [torch.optim.Muon(matrices, lr=spec.lr, weight_decay=spec.weight_decay),
-                torch.optim.AdamW(others, lr=spec.adamw_lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay)]
+                torch.optim.AdamW(decay_groups(others, spec.weight_decay), lr=spec.adamw_lr, betas=tuple(spec.betas))]
     if spec.name == "m3":
         levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay},  # Algorithm 1's defaults
                   {"period": 8, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay}]
-        return [M3([{"params": matrices}, {"params": others, "algorithm": "adamw"}], lr=spec.lr, eps=spec.m3_eps,
+        adamw_part = decay_groups(others, spec.weight_decay, algorithm="adamw")
+        return [M3([{"params": matrices}, *adamw_part], lr=spec.lr, eps=spec.m3_eps,
                    levels=levels, weight_decay=spec.weight_decay, adamw_lr=spec.adamw_lr,
                    adamw_weight_decay=spec.weight_decay)]
     raise ValueError(f"optimizer must be adamw, muon or m3, got {spec.name!r}")
@@ -129,5 +140,5 @@ def train_lm(model, blocks: dict[str, torch.Tensor], settings: RunSettings, desc
             "tokens_per_second": run["steps_run"] * tokens_per_step / run["train_seconds"]}
 
 
-__all__ = ["OptimizerSpec", "RunSettings", "accumulate_gradients", "held_out_loss", "hidden_matrices",
+__all__ = ["OptimizerSpec", "RunSettings", "accumulate_gradients", "decay_groups", "held_out_loss", "hidden_matrices",
            "make_optimizers", "train_lm"]

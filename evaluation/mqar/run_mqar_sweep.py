@@ -209,15 +209,6 @@ def write_report(results: ResultsFile, args) -> None:
          results.path.with_suffix(".png"))
 
 
-def merge(results: ResultsFile, other_path: Path, command: str) -> None:
-    """Add the runs of another sweep's JSON whose cells ``results`` lacks, with its command and duration."""
-    other = json.loads(other_path.read_text())
-    known = {cell_of(r) for r in results.runs}
-    results.runs += [r for r in other["runs"] if cell_of(r) not in known]
-    results.command = " ; ".join([results.command.rsplit(" ; ", 1)[0], other["command"], command])
-    results.earlier_duration += other["duration_s"]
-
-
 def sweep_cells(args) -> list[dict]:
     """The sweep's cells in order (learning rates innermost); ablations only at --ablation-widths."""
     cells = grid(seed=args.seeds or [args.seed], task=args.tasks, width=args.widths, variant=args.variants,
@@ -253,7 +244,7 @@ def main(argv=None):
         raise SystemExit(2)
 
     if args.merge_from is not None:
-        merge(results, args.merge_from, command)
+        results.merge(args.merge_from, cell_of, command)
     done = {cell_of(r) for r in results.runs}
     sanity_key = ("attention", width, seq_len, pairs, lr, args.sanity_steps, args.seed)
     # a group (label, width, task, steps, seed) is solved once one of its learning rates reached --stop-accuracy
