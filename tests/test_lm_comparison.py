@@ -154,7 +154,7 @@ def test_comparison_end_to_end_tunes_each_model_then_runs_seeds(tmp_path, small_
         assert {1e-3, 3e-3, 1e-2} <= set(tried) and len(tried) <= 4
         # chosen on validation with the first seed; the edge was extended while the cap allowed
         assert tried[row["lr"]] == min(tried.values())
-        assert row["at_edge"] == (row["lr"] in (min(tried), max(tried)))
+        assert row["at_edge"] == (row["lr"] in (min(tried), max(tried)) and list(tried.values()).count(tried[row["lr"]]) == 1)
         assert len(tried) == 4 or not row["at_edge"]
         # the second seed runs at the chosen rate only; the test loss is reported over both seeds
         assert {r["lr"] for r in payload["runs"] if r["model"] == model and r["seed"] == 1} == {row["lr"]}
@@ -213,6 +213,8 @@ def test_rate_search_tries_every_rate_then_extends_an_edge_then_adds_seeds():
     assert pending(edge + search_runs({3e-2: 3.6}, seed=1), max_rates=4) == [(3e-2, 2)]
     assert pending(edge + search_runs({3e-2: 3.6}, seed=1) + search_runs({3e-2: 3.6}, seed=2), max_rates=4) == []
     assert pending(search_runs({1e-3: 0.2, 3e-3: 0.9, 1e-2: 0.5}), higher_is_better=True) == [(3e-3, 1), (3e-3, 2)]
+    # a tie with an inner rate is no edge; of equal rates the lowest is chosen
+    assert pending(search_runs({1e-3: 0.99, 3e-3: 0.99, 1e-2: 0.5}), higher_is_better=True) == [(1e-3, 1), (1e-3, 2)]
     assert pending(search_runs({1e-3: 4.0, 3e-3: 3.9, 1e-2: 4.1}, model="other")) == [(1e-3, 0), (3e-3, 0), (1e-2, 0)]
 
 

@@ -17,6 +17,7 @@ from hope_hf.evaluation.mqar import (
     answer_accuracy,
     copy_answers,
     elimination_answers,
+    evaluate_mqar,
     guess_accuracy,
     make_mqar_batch,
     mqar_model,
@@ -145,8 +146,14 @@ def test_training_lowers_the_loss_and_is_deterministic():
     assert last < first - 0.3, run["train_loss"]
     assert [e["step"] for e in run["eval"]] == [0, 15, 30] and run["steps_run"] == 30
     assert run["eval"][-1]["loss"] < run["eval"][0]["loss"] - 0.3
-    repeat = train_mqar(lambda: HopeForCausalLM(config), task, **kwargs)
+    trained = []
+    repeat = train_mqar(lambda: trained.append(HopeForCausalLM(config)) or trained[0], task, **kwargs)
     assert repeat["train_loss"] == run["train_loss"] and repeat["eval"] == run["eval"]
+    # validation (every evaluation point) and test (the trained model, once) come from their own generators
+    validation, test = (make_mqar_batch(task, 64, torch.Generator().manual_seed(s)) for s in (1_000_003, 2_000_003))
+    assert not torch.equal(validation[0], test[0])
+    assert evaluate_mqar(trained[0], *validation)["accuracy"] == run["eval"][-1]["accuracy"] == run["final_accuracy"]
+    assert evaluate_mqar(trained[0], *test)["accuracy"] == run["test_accuracy"] == repeat["test_accuracy"]
     early = train_mqar(config, task, **{**kwargs, "eval_every": 5}, stop_at_accuracy=0.0)
     assert early["steps_run"] == 5 and [e["step"] for e in early["eval"]] == [0, 5]
 
@@ -170,65 +177,61 @@ def test_titans_init_fields_set_the_initial_memories_rates_and_decays():
             HopeConfig(**fields)
 
 
-def test_sweep_writes_json_and_png_and_refuses_without_sanity(tmp_path):
-    tiny = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
-            "--head-dim", "8", "--num-layers", "1",
-            "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "3e-3",
-            "--sanity-steps", "2"]
-    tiny_sanity = ["--sanity", "16", "16", "2", "1e-3"]
-    report = sweep.main(tiny + tiny_sanity + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",
+TINY_SWEEP = ["--vocab-size", "32", "--widths", "16", "--ablation-widths", "16", "--head-dim", "8", "--num-layers", "1",
+              "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--sanity", "16", "16", "2", "1e-3",
+              "--sanity-steps", "2"]
+
+
+def test_sweep_tunes_each_cell_on_validation_reports_test_and_refuses_without_sanity(tmp_path):
+    tiny = [*TINY_SWEEP, "--tasks", "16x2", "--learning-rates", "1e-3", "3e-3", "1e-2", "--max-rates", "4", "--seeds", "0", "1"]
+    report = sweep.main(tiny + ["--variants", "gated_deltanet", "titans_init_std_0.1", "--sanity-accuracy", "0.0",
                                 "--output", str(tmp_path / "sweep.json")])
     assert report["sanity"]["passed"] and report["command"].startswith("python -m evaluation.mqar.run_mqar_sweep ")
-    assert [(r["variant"], r["learning_rate"]) for r in report["runs"]] == [
-        ("gated_deltanet", 1e-3), ("gated_deltanet", 3e-3), ("titans_init_std_0.1", 1e-3), ("titans_init_std_0.1", 3e-3)]
-    assert report["runs"][2]["overrides"] == {"titans_memory_init_std": 0.1}
-    assert {row["variant"] for row in report["best"]} == {"gated_deltanet", "titans_init_std_0.1"}
-    assert json.loads((tmp_path / "sweep.json").read_text())["best"] == report["best"]
+    chosen = {row["variant"]: row for row in report["summary"]["chosen"]}
+    assert set(chosen) == {"gated_deltanet", "titans_init_std_0.1"}
+    for variant, row in chosen.items():
+        mine = [r for r in report["runs"] if r["variant"] == variant]
+        tried = {r["learning_rate"]: r["accuracy"] for r in mine if r["seed"] == 0}
+        assert {1e-3, 3e-3, 1e-2} <= set(tried) and len(tried) <= 4
+        assert tried[row["learning_rate"]] == max(tried.values())  # chosen on validation accuracy
+        assert {r["learning_rate"] for r in mine if r["seed"] == 1} == {row["learning_rate"]}
+        assert row["test_accuracy"]["values"] == [r["test_accuracy"] for r in mine if r["learning_rate"] == row["learning_rate"]]
+    assert next(r for r in report["runs"] if r["variant"] == "titans_init_std_0.1")["overrides"] == {"titans_memory_init_std": 0.1}
+    assert json.loads((tmp_path / "sweep.json").read_text())["summary"] == report["summary"]
     assert (tmp_path / "sweep.png").stat().st_size > 1000
 
-    again = sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
+    again = sweep.main(tiny + ["--variants", "titans", "--sanity-accuracy", "0.0", "--seeds", "0",
                                "--sanity-from", str(tmp_path / "sweep.json"), "--output", str(tmp_path / "again.json")])
     assert again["sanity"]["eval"] == report["sanity"]["eval"] and again["sanity"]["reused_from"].endswith("sweep.json")
-    resumed = sweep.main(tiny + tiny_sanity + [
-        "--variants", "titans", "gated_deltanet", "--learning-rates", "1e-3", "--sanity-accuracy", "0.0",
-        "--resume", "--output", str(tmp_path / "again.json")])
-    assert [r["variant"] for r in resumed["runs"]] == ["titans", "gated_deltanet"]  # the titans cell is not rerun
-    assert resumed["runs"][0] == again["runs"][0] and resumed["command"].count("evaluation.mqar.run_mqar_sweep") == 2
+    resumed = sweep.main(tiny + ["--variants", "titans", "--sanity-accuracy", "0.0", "--seeds", "0", "1",
+                                 "--resume", "--output", str(tmp_path / "again.json")])
+    assert resumed["runs"][: len(again["runs"])] == again["runs"]  # nothing reran; seed 1 added at the chosen rate
+    assert [r["seed"] for r in resumed["runs"][len(again["runs"]):]] == [1]
+    assert resumed["command"].count("evaluation.mqar.run_mqar_sweep") == 2
     with pytest.raises(SystemExit, match="does not match"):
         sweep.main(tiny + ["--sanity", "16", "16", "2", "3e-3", "--sanity-from", str(tmp_path / "sweep.json"),
-                                "--output", str(tmp_path / "other.json")])
+                           "--output", str(tmp_path / "other.json")])
     with pytest.raises(SystemExit) as refused:
-        sweep.main(tiny + tiny_sanity + ["--variants", "titans", "--sanity-accuracy", "1.01", "--output", str(tmp_path / "no.json")])
+        sweep.main(tiny + ["--variants", "titans", "--sanity-accuracy", "1.01", "--output", str(tmp_path / "no.json")])
     assert refused.value.code == 2
     assert json.loads((tmp_path / "no.json").read_text())["runs"] == [] and not (tmp_path / "no.png").exists()
 
 
-def test_sweep_runs_each_seed_and_labels_runs_by_their_initial_decay(tmp_path):
-    args = ["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
-            "--steps", "2", "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3",
-            "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "2", "--sanity-accuracy", "0.0",
-            "--variants", "attention", "--seeds", "0", "1", "--output", str(tmp_path / "seeds.json")]
-    report = sweep.main(args)
-    assert [r["seed"] for r in report["runs"]] == [0, 1] and report["runs"][0]["eval"] != report["runs"][1]["eval"]
-    assert sorted(row["seed"] for row in report["best"]) == [0, 1]
-    resumed = sweep.main(args + ["--resume", "--seeds", "1", "2"])
-    assert [r["seed"] for r in resumed["runs"]] == [0, 1, 2]  # seed 1 is not rerun
-
-    default = HopeConfig.titans_decay_init_min
-    titans = dict(variant="titans", mixer="titans", overrides={}, titans_decay_init_min=default)
-    assert sweep.run_label(titans) == "titans"
-    assert sweep.run_label({**titans, "titans_decay_init_min": default / 2}) == f"titans (decay_init_min {default / 2:g})"
-    as_default = dict(titans, variant="titans_decay_x", overrides={"titans_decay_init_min": default})
-    assert sweep.run_label(as_default) == "titans"
-    other = dict(titans, variant="titans_decay_x", overrides={"titans_decay_init_min": default / 2})
-    assert sweep.run_label(other) == "titans_decay_x"
-    assert sweep.run_label(dict(variant="attention", mixer="attention", overrides={}, titans_decay_init_min=None)) == "attention"
+@pytest.mark.parametrize("width", [64, 128])
+def test_every_variant_is_matched_to_titans_within_two_percent(width):
+    args = sweep.parse_args(["--widths", str(width)])
+    task = MQARTask()
+    target = sweep.parameter_count(args, "titans", task, width)
+    for variant in [*MIXER_VARIANTS, *sweep.ABLATIONS]:
+        mlp = sweep.matched_mlp(args, variant, task, width)
+        assert abs(sweep.parameter_count(args, variant, task, width, mlp) / target - 1) <= 0.02, variant
+    assert sweep.matched_mlp(args, "titans", task, width) == 2 * width  # the reference keeps its MLP
+    with pytest.raises(ValueError, match="gated_deltanet at width .* within 0%"):
+        sweep.matched_mlp(args, "gated_deltanet", task, width, tolerance=0.0)
 
 
 def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
-    common = ["--vocab-size", "32", "--widths", "16", "--head-dim", "8", "--num-layers", "1", "--steps", "2",
-              "--eval-every", "1", "--eval-examples", "8", "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3",
-              "--sanity-steps", "2", "--sanity-accuracy", "0.0"]
+    common = [*TINY_SWEEP, "--learning-rates", "1e-3", "--seeds", "0", "--sanity-accuracy", "0.0"]
     main = sweep.main(common + ["--tasks", "16x2", "--variants", "attention", "--output", str(tmp_path / "main.json")])
     side = sweep.main(common + ["--tasks", "24x3", "--variants", "titans", "--sanity-from", str(tmp_path / "main.json"),
                                 "--output", str(tmp_path / "side.json")])
@@ -239,28 +242,21 @@ def test_sweep_merges_a_parallel_sweep_and_plots_every_task(tmp_path):
     assert merged["runs"] == main["runs"] + side["runs"]  # the side's titans cell is not rerun
     assert merged["command"] == main["command"] + " ; " + side["command"] + " ; " + merged["command"].split(" ; ")[-1]
     assert merged["duration_s"] >= main["duration_s"] + side["duration_s"]
-    assert {(row["seq_len"], row["num_kv_pairs"]) for row in merged["best"]} == {(16, 2), (24, 3)}
+    assert {(row["seq_len"], row["num_kv_pairs"]) for row in merged["summary"]["chosen"]} == {(16, 2), (24, 3)}
 
 
 def test_every_ablation_runs_in_the_sweep(tmp_path):
     """Ablations that set a field the sweep also sets (the chunk size) override it instead of failing."""
-    report = sweep.main(["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--ablation-widths", "16",
-                         "--head-dim", "8", "--num-layers", "1", "--steps", "1", "--eval-every", "1", "--eval-examples", "4",
-                         "--learning-rates", "1e-3", "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "1",
+    report = sweep.main([*TINY_SWEEP, "--tasks", "16x2", "--steps", "1", "--learning-rates", "1e-3", "--seeds", "0",
                          "--sanity-accuracy", "0.0", "--variants", *sweep.ABLATIONS, "--output", str(tmp_path / "ablations.json")])
     assert [r["variant"] for r in report["runs"]] == list(sweep.ABLATIONS)
     assert {r["variant"]: r["overrides"] for r in report["runs"]} == sweep.ABLATIONS
-    # an ablation is its own cell, also where its value happens to be HopeConfig's default (chunk 64)
-    labels = {r["variant"]: sweep.run_label(r) for r in report["runs"]}
-    assert labels["titans_chunk_64"] == "titans_chunk_64" and labels["titans_decay_0.99"] == "titans"
 
 
 def test_a_default_sweep_writes_under_outputs_with_the_results_header(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    report = sweep.main(["--vocab-size", "32", "--tasks", "16x2", "--widths", "16", "--head-dim", "8", "--num-layers", "1",
-                         "--steps", "1", "--eval-every", "1", "--eval-examples", "4", "--learning-rates", "1e-3",
-                         "--sanity", "16", "16", "2", "1e-3", "--sanity-steps", "1", "--sanity-accuracy", "0.0",
-                         "--variants", "attention"])
+    report = sweep.main([*TINY_SWEEP, "--tasks", "16x2", "--steps", "1", "--learning-rates", "1e-3", "--seeds", "0",
+                         "--sanity-accuracy", "0.0", "--variants", "attention"])
     saved = json.loads((tmp_path / "outputs" / "mqar_sweep.json").read_text())
     assert list(saved)[: len(HEADER)] == list(HEADER) and saved == report
-    assert {"sanity", "best", "runs"} <= set(saved) and (tmp_path / "outputs" / "mqar_sweep.png").exists()
+    assert {"sanity", "summary", "runs"} <= set(saved) and (tmp_path / "outputs" / "mqar_sweep.png").exists()

@@ -74,14 +74,19 @@ def count_on_meta(name: str, shape: ModelShape, mlp_size: int) -> int:
         return non_embedding_parameters(build_model(name, shape, mlp_size))
 
 
-def matched_mlp_size(name: str, shape: ModelShape, multiple: int = 8) -> int:
-    """The MLP width (a multiple of ``multiple``) whose non-embedding count is nearest the target.
-    The count is affine in the width (up to the rounding of m // 2), so two counts locate it."""
+def matched_width(count_at, target: int, multiple: int = 8) -> int:
+    """The width (a multiple of ``multiple``) whose parameter count ``count_at(width)`` is nearest
+    ``target``. The count is affine in the width (up to rounding), so two counts locate it."""
     low, high = 8 * multiple, 64 * multiple
-    n_low, n_high = count_on_meta(name, shape, low), count_on_meta(name, shape, high)
-    exact = low + (shape.target_non_embedding - n_low) * (high - low) / (n_high - n_low)
+    n_low, n_high = count_at(low), count_at(high)
+    exact = low + (target - n_low) * (high - low) / (n_high - n_low)
     candidates = {max(multiple, multiple * round(exact / multiple) + d * multiple) for d in (-1, 0, 1)}
-    return min(candidates, key=lambda m: abs(count_on_meta(name, shape, m) - shape.target_non_embedding))
+    return min(candidates, key=lambda m: abs(count_at(m) - target))
+
+
+def matched_mlp_size(name: str, shape: ModelShape, multiple: int = 8) -> int:
+    """The MLP width of model ``name`` whose non-embedding count is nearest the shape's target."""
+    return matched_width(lambda m: count_on_meta(name, shape, m), shape.target_non_embedding, multiple)
 
 
 def matched_models(names, shape: ModelShape, tolerance: float = 0.05) -> dict:

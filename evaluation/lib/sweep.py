@@ -66,7 +66,8 @@ def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds:
 
     First every rate of ``rates`` with ``seeds[0]``; while a group's best (on ``choose_on``, a
     validation metric; a NaN run never wins) is the lowest or highest rate it tried, one more rate
-    ``factor`` beyond it (up to ``max_rates`` in all); then the other seeds at the chosen rate.
+    ``factor`` beyond it (up to ``max_rates`` in all; see ``at_the_edge``); then the other seeds at
+    the chosen rate.
     Call again after running what it returns, until it returns nothing: it is stateless, so a
     resumed file carries on where it stopped."""
     pending = []
@@ -81,10 +82,8 @@ def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds:
         beyond = None
         if best is None:  # every rate diverged: go lower
             beyond = _sig(min(tried) / factor)
-        elif best == max(tried) and len(tried) > 1:
-            beyond = _sig(best * factor)
-        elif best == min(tried) and len(tried) > 1:
-            beyond = _sig(best / factor)
+        elif at_the_edge(tried, best):
+            beyond = _sig(best * factor if best == max(tried) else best / factor)
         if beyond is not None and len(tried) < max_rates:
             pending.append({**group, rate_key: beyond, "seed": seeds[0]})
         elif best is not None:
@@ -93,12 +92,21 @@ def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds:
     return pending
 
 
+def at_the_edge(metric_by_rate: dict, best) -> bool:
+    """Whether ``best`` is the lowest or highest rate tried and no other rate equals its metric (a
+    tie with an inner rate, e.g. two runs that both reached an accuracy target, is no edge)."""
+    ties = [lr for lr, v in metric_by_rate.items() if v == metric_by_rate[best]]
+    return len(metric_by_rate) > 1 and len(ties) == 1 and best in (min(metric_by_rate), max(metric_by_rate))
+
+
 def chosen_rate(metric_by_rate: dict, higher_is_better: bool = False):
-    """The rate with the best finite metric, or None if every run diverged."""
+    """The rate with the best finite metric (of equal ones, the lowest rate), or None if every run
+    diverged."""
     finite = {lr: v for lr, v in metric_by_rate.items() if v is not None and math.isfinite(v)}
     if not finite:
         return None
-    return (max if higher_is_better else min)(finite, key=finite.get)
+    best = (max if higher_is_better else min)(finite.values())
+    return min(lr for lr, v in finite.items() if v == best)
 
 
 def tuned_summary(runs: list[dict], groups: list[dict], seeds: list[int], choose_on: str, report: tuple,
@@ -115,7 +123,7 @@ def tuned_summary(runs: list[dict], groups: list[dict], seeds: list[int], choose
         if best is None:
             continue
         at_best = [r for r in mine if r[rate_key] == best and r.get("seed") in seeds]
-        row = {**group, rate_key: best, "at_edge": len(tried) > 1 and best in (min(tried), max(tried)),
+        row = {**group, rate_key: best, "at_edge": at_the_edge(tried, best),
                "seeds": [r["seed"] for r in at_best]}
         row.update({metric: spread([r[metric] for r in at_best]) for metric in report})
         chosen.append(row)

@@ -200,10 +200,12 @@ def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 3
                progress: bool = True, description: str = "mqar", stop_at_accuracy: float | None = None) -> dict:
     """Train ``make_model()`` (a fresh model; a HopeConfig also works) on fresh MQAR batches with
     AdamW (warm-up + cosine, gradients clipped at 1) on ``hope_hf.training.train_steps``; evaluate
-    on ``eval_examples`` held-out sequences (their own generator) at step 0, every ``eval_every``
-    steps and at the end. ``stop_at_accuracy`` ends training early once an evaluation reaches it
-    (a non-finite training loss ends it at once). Deterministic for a seed. Returns the train loss
-    per step and the eval points [{"step", "loss", "accuracy"}, ...]."""
+    on ``eval_examples`` validation sequences (their own generator) at step 0, every ``eval_every``
+    steps and at the end. ``stop_at_accuracy`` ends training early once a validation evaluation
+    reaches it (a non-finite training loss ends it at once). The trained model is then scored on
+    ``eval_examples`` test sequences (another generator) that no choice has seen. Deterministic for
+    a seed. Returns the train loss per step, the validation points [{"step", "loss", "accuracy"},
+    ...], the final validation accuracy and the test accuracy."""
     from hope_hf import HopeConfig, HopeForCausalLM
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
@@ -213,7 +215,8 @@ def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 3
     torch.manual_seed(seed)
     model = HopeForCausalLM(make_model) if isinstance(make_model, HopeConfig) else make_model()
     train_generator = torch.Generator().manual_seed(seed)
-    held_out = make_mqar_batch(task, eval_examples, torch.Generator().manual_seed(seed + 1_000_003))
+    validation = make_mqar_batch(task, eval_examples, torch.Generator().manual_seed(seed + 1_000_003))
+    test = make_mqar_batch(task, eval_examples, torch.Generator().manual_seed(seed + 2_000_003))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     def backward(step: int) -> torch.Tensor:
@@ -222,13 +225,13 @@ def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 3
         loss.backward()
         return loss.detach()
 
-    run = train_steps(model, [optimizer], backward, steps, evaluate=lambda: evaluate_mqar(model, *held_out),
+    run = train_steps(model, [optimizer], backward, steps, evaluate=lambda: evaluate_mqar(model, *validation),
                       eval_every=eval_every, lr_factor=lambda s: warmup_cosine(s, steps, max(1, steps // 10)),
                       max_grad_norm=1.0, description=description, progress=progress,
                       stop=None if stop_at_accuracy is None else lambda e: e["accuracy"] >= stop_at_accuracy)
     evals = run["evaluations"]
     return {"task": asdict(task), "train_loss": run["train_loss"], "eval": evals, "final_accuracy": evals[-1]["accuracy"],
-            "steps_run": run["steps_run"], "num_parameters": sum(p.numel() for p in model.parameters())}
+            "test_accuracy": evaluate_mqar(model, *test)["accuracy"], "steps_run": run["steps_run"], "num_parameters": sum(p.numel() for p in model.parameters())}
 
 
 __all__ = ["MIXER_VARIANTS", "MQARTask", "answer_accuracy", "copy_answers", "elimination_answers", "evaluate_mqar",
