@@ -316,6 +316,11 @@ def test_m3_momentum_decay_axis():
     specs = run_optimizer_sweep.optimizer_grid(args)
     assert sorted(run_optimizer_sweep.label(asdict(s)) for s in specs) == [
         "m3 eps=0.001", "m3 eps=0.001 decay=0.95", "m3 eps=0.01", "m3 eps=0.01 decay=0.95"]
+    with_ema = run_optimizer_sweep.optimizer_grid(run_optimizer_sweep.parse_args(
+        ["--optimizers", "m3", "--lrs-m3", "1e-3", "--m3-variance", "sum", "ema"]))
+    assert [run_optimizer_sweep.label(asdict(s)) for s in with_ema] == ["m3 eps=0.01", "m3 eps=0.01 variance=ema"]
+    (ema,) = make_optimizers(build_model("hope_titans", TINY, 64), with_ema[1])
+    assert ema.param_groups[0]["variance"] == "ema" and ema.param_groups[1]["algorithm"] == "adamw"
     model = build_model("hope_titans", TINY, 64)
     decayed = next(s for s in specs if s.m3_momentum_decay == 0.95)
     (m3,) = make_optimizers(model, decayed)

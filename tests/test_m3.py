@@ -13,9 +13,11 @@ from helpers import random_ids, tiny_model, train_on_repeated_motif
 
 @pytest.mark.parametrize("shape", [(16, 16), (24, 40), (40, 24)])
 def test_newton_schulz_pushes_singular_values_towards_one(shape):
-    random = torch.randn(*shape)
     u, _, v = torch.linalg.svd(torch.randn(*shape), full_matrices=False)
-    ill = u @ torch.diag(torch.logspace(0, -2, min(shape))) @ v  # condition number 100
+    # a Gaussian matrix's condition number has a heavy tail (a square one is near-singular now and
+    # then), so the spectra are drawn: random within condition number 100, and evenly spread over it
+    random = u @ torch.diag(torch.empty(min(shape)).uniform_(1e-2, 1.0)) @ v
+    ill = u @ torch.diag(torch.logspace(0, -2, min(shape))) @ v
     for matrix in (random, ill):
         s = torch.linalg.svdvals(newton_schulz(matrix))
         assert s.min() > 0.5 and s.max() < 1.5, s
@@ -64,6 +66,24 @@ def test_one_level_matches_the_documented_reduction():
         torch.testing.assert_close(weight.detach(), expected, atol=1e-6, rtol=0)
 
 
+def test_ema_variance_is_adams_bias_corrected_moving_average():
+    """variance="ema": V = beta_2 V + (1 - beta_2) g^2, divided by 1 - beta_2^t before the square root."""
+    weight, targets = quadratic_problem()
+    expected = weight.detach().clone()
+    optimizer = M3([weight], lr=0.05, levels=[{"period": 1, "beta": 0.9, "weight": 1.0}], betas=(0.9, 0.95, 0.0), eps=1e-8,
+                   variance="ema")
+    momentum, variance = torch.zeros(6, 5), torch.zeros(6, 5)
+    for t, target in enumerate(targets[:4], start=1):
+        weight.grad = None
+        ((weight - target) ** 2).sum().backward()
+        g = weight.grad.clone()
+        momentum += 0.9 * g
+        variance = 0.95 * variance + 0.05 * g * g
+        expected -= 0.05 * newton_schulz(momentum) / ((variance / (1 - 0.95**t)).sqrt() + 1e-8)
+        optimizer.step()
+        torch.testing.assert_close(weight.detach(), expected, atol=1e-6, rtol=0)
+
+
 def test_resume_mid_chunk_is_bit_identical():
     model = tiny_model()
     optimizer = M3.from_model(model, lr=0.01, slow_period=4)
@@ -105,6 +125,7 @@ def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
         (dict(betas=(1.0, 0.9, 0.9)), "betas\\[0\\]"),
         (dict(betas=(0.9, -0.1, 0.9)), "betas\\[1\\]"),
         (dict(levels=[{"period": 0, "beta": 0.9, "weight": 1.0}]), "levels\\[0\\]\\['period'\\]"),
+        (dict(variance="adam"), "variance must be one of \\('sum', 'ema'\\)"),
     ],
 )
 def test_bad_hyper_parameters_raise_value_error(kwargs, field):

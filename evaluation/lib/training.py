@@ -30,6 +30,7 @@ class OptimizerSpec:
     weight_decay: float = 0.1
     m3_eps: float = 1e-2
     m3_momentum_decay: float = 1.0  # mu of both M3 momenta; 1.0 is Algorithm 1 (momenta sum every gradient)
+    m3_variance: str = "sum"  # M3's second moment: "sum" (Algorithm 1) or "ema" (Adam's moving average)
     betas: tuple = (0.9, 0.95)  # of AdamW (and of the AdamW part of muon / m3)
 
 
@@ -54,7 +55,7 @@ def make_optimizers(model, spec: OptimizerSpec) -> list[torch.optim.Optimizer]:
         levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay},  # Algorithm 1's defaults
                   {"period": 8, "beta": 0.9, "weight": 1.0, "decay": spec.m3_momentum_decay}]
         adamw_part = decay_groups(others, spec.weight_decay, algorithm="adamw")
-        return [M3([{"params": matrices}, *adamw_part], lr=spec.lr, eps=spec.m3_eps,
+        return [M3([{"params": matrices}, *adamw_part], lr=spec.lr, eps=spec.m3_eps, variance=spec.m3_variance,
                    levels=levels, weight_decay=spec.weight_decay, adamw_lr=spec.adamw_lr,
                    adamw_weight_decay=spec.weight_decay)]
     raise ValueError(f"optimizer must be adamw, muon or m3, got {spec.name!r}")

@@ -36,6 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--m3-eps", nargs="+", type=float, default=[1e-2], help="M3's eps values to sweep")
     parser.add_argument("--m3-momentum-decay", nargs="+", type=float, default=[1.0],
                         help="M3's momentum decay mu values to sweep (1.0: Algorithm 1's summed momenta)")
+    parser.add_argument("--m3-variance", nargs="+", default=["sum"], choices=["sum", "ema"],
+                        help="M3's second moment: sum (Algorithm 1) and/or ema (Adam's moving average)")
     parser.add_argument("--adamw-lr", type=float, default=3e-3, help="lr of the AdamW part of muon and m3")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200)
@@ -54,18 +56,20 @@ def parse_args(argv=None):
 def optimizer_grid(args) -> list[OptimizerSpec]:
     specs = []
     for name in args.optimizers:
-        m3_axes = grid(eps=args.m3_eps, decay=args.m3_momentum_decay) if name == "m3" else [{}]
+        m3_axes = grid(eps=args.m3_eps, decay=args.m3_momentum_decay, variance=args.m3_variance) if name == "m3" else [{}]
         for lr in getattr(args, f"lrs_{name}"):
             for axes in m3_axes:
                 specs.append(OptimizerSpec(name=name, lr=lr, adamw_lr=lr if name == "adamw" else args.adamw_lr,
-                                           m3_eps=axes.get("eps", 1e-2), m3_momentum_decay=axes.get("decay", 1.0)))
+                                           m3_eps=axes.get("eps", 1e-2), m3_momentum_decay=axes.get("decay", 1.0),
+                                           m3_variance=axes.get("variance", "sum")))
     return specs
 
 
 def label(spec: dict) -> str:
     if spec["name"] != "m3":
         return spec["name"]
-    return f"m3 eps={spec['m3_eps']:g}" + ("" if spec["m3_momentum_decay"] == 1.0 else f" decay={spec['m3_momentum_decay']:g}")
+    return (f"m3 eps={spec['m3_eps']:g}" + ("" if spec["m3_momentum_decay"] == 1.0 else f" decay={spec['m3_momentum_decay']:g}")
+            + ("" if spec.get("m3_variance", "sum") == "sum" else f" variance={spec['m3_variance']}"))
 
 
 def summary_of(runs: list[dict]) -> dict:
@@ -100,7 +104,7 @@ def main(argv=None):
     sizes = matched_models(args.models, shape)
     _, blocks = prepare_corpus(args.corpus, shape.vocab_size, shape.block_size)
     path = output_path(args, f"lm_optimizer_sweep_{corpus_tag(args.corpus)}")
-    axes = ("models", "optimizers", "seeds", "m3_eps", "m3_momentum_decay", *(f"lrs_{n}" for n in DEFAULT_LRS))
+    axes = ("models", "optimizers", "seeds", "m3_eps", "m3_momentum_decay", "m3_variance", *(f"lrs_{n}" for n in DEFAULT_LRS))
     results = ResultsFile(path, command_line(__spec__.name, argv), vars(args), args.resume, args.device,
                           varying=(*axes, "threads", "no_progress", "commit_results"))
     for run in results.runs:  # a run written before a field of OptimizerSpec existed has its default

@@ -4,7 +4,8 @@ For every matrix parameter, k momentum levels; level l has a period f_l (steps),
 beta_l, a decay mu_l and a weight w_l. Between its pulses a level sums the gradients; at a pulse
 (Eq 71 applied to the optimizer's own memory):
     M_l <- mu_l * M_l + beta_l * (sum of the chunk's gradients),   O_l <- NewtonSchulz(M_l)
-Every step:  V <- V + beta_v * g^2 (Algorithm 1's second momentum),
+Every step:  V <- V + beta_v * g^2 (Algorithm 1's second momentum, variance="sum"), or
+             V <- beta_v * V + (1 - beta_v) * g^2, bias-corrected (Adam's, variance="ema"),
              theta <- theta * (1 - lr * wd) - lr * (sum_l w_l O_l) / (sqrt(V) + eps)
 Algorithm 1 is k=2: level 1 (f=1, beta_1, w=1) and level 2 (f, beta_3, w=alpha), mu = 1.
 With k=1 it reduces to Muon on an accumulated momentum, normalised by an AdaGrad-style sqrt(V).
@@ -14,6 +15,7 @@ Embeddings, the LM head and 1-D parameters go to an AdamW group of the same opti
 import torch
 from torch import nn
 
+VARIANCE_RULES = ("sum", "ema")
 # Muon's quintic Newton-Schulz coefficients
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -56,6 +58,7 @@ class M3(torch.optim.Optimizer):
         eps: float = 1e-2,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
+        variance: str = "sum",
         adamw_lr: float = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_weight_decay: float = 0.0,
@@ -69,6 +72,9 @@ class M3(torch.optim.Optimizer):
             levels: momentum levels [{"period", "beta", "weight", "decay"}]; default Algorithm 1:
                 [{"period": 1, "beta": betas[0], "weight": 1}, {"period": slow_period, "beta": betas[2], "weight": alpha}].
             betas: (beta_1, beta_2, beta_3) of Algorithm 1; beta_2 feeds the variance V.
+            variance: "sum" (Algorithm 1: V accumulates beta_2 * g^2 over all steps, so steps
+                shrink as training goes on) or "ema" (Adam's bias-corrected moving average with
+                rate beta_2).
             eps: bounds the per-element step to lr * |O| / eps. The orthogonalised update is
                 dense while V is ~0 wherever gradients are (e.g. dead ReLUs), so Algorithm 1 with
                 Adam's eps=1e-8 can diverge (docs/training.md, "M3 optimizer").
@@ -76,6 +82,8 @@ class M3(torch.optim.Optimizer):
         _check("lr", lr, 0.0)
         _check("eps", eps, 0.0, low_open=True)
         _check("ns_steps", ns_steps, 1)
+        if variance not in VARIANCE_RULES:
+            raise ValueError(f"variance must be one of {VARIANCE_RULES}, got {variance!r}")
         for i, beta in enumerate(betas):
             _check(f"betas[{i}]", beta, 0.0, 1.0)
         if levels is None:
@@ -94,7 +102,7 @@ class M3(torch.optim.Optimizer):
             params = [{"lr": adamw_lr, "weight_decay": adamw_weight_decay, **g} if g.get("algorithm") == "adamw" else g
                       for g in params]
         defaults = dict(lr=lr, levels=[dict(lv) for lv in levels], beta_v=betas[1], eps=eps, weight_decay=weight_decay,
-                        ns_steps=ns_steps, algorithm="m3", adamw_betas=adamw_betas)
+                        ns_steps=ns_steps, variance=variance, algorithm="m3", adamw_betas=adamw_betas)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["algorithm"] == "m3":
@@ -142,7 +150,12 @@ class M3(torch.optim.Optimizer):
                 if level["period"] > 1:
                     state[f"held_{l}"] = torch.zeros_like(grad)
         state["step"] += 1
-        state["variance"].addcmul_(grad, grad, value=group["beta_v"])
+        beta_v = group["beta_v"]
+        if group.get("variance", "sum") == "ema":
+            state["variance"].mul_(beta_v).addcmul_(grad, grad, value=1 - beta_v)
+            variance = state["variance"] / (1 - beta_v ** state["step"])
+        else:
+            variance = state["variance"].addcmul_(grad, grad, value=beta_v)
         update = torch.zeros_like(grad)
         for l, level in enumerate(group["levels"]):
             if level["period"] > 1:
@@ -156,7 +169,7 @@ class M3(torch.optim.Optimizer):
                     state[f"held_{l}"].zero_()
             update.add_(state[f"orthogonal_{l}"], alpha=level["weight"])
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_((update / (state["variance"].sqrt() + group["eps"])).to(p.dtype), alpha=-group["lr"])
+        p.add_((update / (variance.sqrt() + group["eps"])).to(p.dtype), alpha=-group["lr"])
 
     def _adamw(self, p: torch.Tensor, group: dict) -> None:
         grad = p.grad.float()
