@@ -102,7 +102,8 @@ def main(argv=None):
             results.fields[field] = {**other.get(field, {}), **results.fields.get(field, {})}
     data = {f"{split}_tokens": b.numel() for split, b in blocks.items()}
     sizes = {**results.fields.get("parameters", {}), **sizes}  # a resumed file keeps its other models
-    models = list(dict.fromkeys([*results.fields.get("parameters", {}), *args.models]))
+    known = {*results.fields.get("parameters", {}), *args.models}
+    models = [name for name in MODELS if name in known]
     run_settings = {k: v for k, v in asdict(settings).items() if k != "optimizer"}
     results.save(shape=asdict(shape), run_settings={**run_settings, "optimizer": "AdamW, betas (0.9, 0.95), weight "
                  "decay 0.1 except on parameters marked _no_weight_decay; the rate per run"}, parameters=sizes,
