@@ -128,14 +128,15 @@ class ResultsFile:
         self.runs.append(jsonable(run))
         self.save()
 
-    def merge(self, other_path: Path, cell_of: Callable[[dict], tuple], command: str) -> dict:
+    def merge(self, other_path: Path, cell_of: Callable[[dict], tuple]) -> dict:
         """Add the runs of another results file (e.g. one written in parallel with its own --output)
         whose cells (``cell_of(run)``) this file lacks, with its command and duration; returns the
         other file's content (for the runner's own fields)."""
         other = json.loads(Path(other_path).read_text())
         known = {cell_of(r) for r in self.runs}
         self.runs += [r for r in other["runs"] if cell_of(r) not in known]
-        self.command = " ; ".join([self.command.rsplit(" ; ", 1)[0], other["command"], command])
+        earlier, now = self.command.rsplit(" ; ", 1)  # a resumed file: its commands, then this one
+        self.command = " ; ".join([earlier, other["command"], now])
         self.earlier_duration += other["duration_s"]
         return other
 

@@ -97,7 +97,7 @@ def main(argv=None):
                           varying=("models", "seeds", "learning_rates", "max_rates", "threads", "no_progress",
                                    "commit_results", "merge_from"))
     if args.merge_from is not None:
-        other = results.merge(args.merge_from, cell_of, results.command.rsplit(" ; ", 1)[-1])
+        other = results.merge(args.merge_from, cell_of)
         for field in ("parameters", "model_configs"):  # the other job's models
             results.fields[field] = {**other.get(field, {}), **results.fields.get(field, {})}
     data = {f"{split}_tokens": b.numel() for split, b in blocks.items()}

@@ -241,7 +241,7 @@ def main(argv=None):
         raise SystemExit(2)
 
     if args.merge_from is not None:
-        results.merge(args.merge_from, cell_of, command)
+        results.merge(args.merge_from, cell_of)
     while cells := rate_search(results.runs, sweep_groups(args), args.learning_rates, args.seeds, "accuracy",
                                rate_key="learning_rate", higher_is_better=True, max_rates=args.max_rates):
         for cell in cells:
