@@ -231,7 +231,8 @@ def train_mqar(make_model, task: MQARTask, steps: int = 200, batch_size: int = 3
                       stop=None if stop_at_accuracy is None else lambda e: e["accuracy"] >= stop_at_accuracy)
     evals = run["evaluations"]
     return {"task": asdict(task), "train_loss": run["train_loss"], "eval": evals, "final_accuracy": evals[-1]["accuracy"],
-            "test_accuracy": evaluate_mqar(model, *test)["accuracy"], "steps_run": run["steps_run"], "num_parameters": sum(p.numel() for p in model.parameters())}
+            "test_accuracy": evaluate_mqar(model, *test)["accuracy"], "steps_run": run["steps_run"],
+            "num_parameters": sum(p.numel() for p in model.parameters())}
 
 
 __all__ = ["MIXER_VARIANTS", "MQARTask", "answer_accuracy", "copy_answers", "elimination_answers", "evaluate_mqar",
