@@ -60,6 +60,10 @@ def _sig(x: float) -> float:
     return float(f"{x:.3g}")
 
 
+def _in_group(run: dict, group: dict) -> bool:
+    return all(run.get(k) == v for k, v in group.items())
+
+
 def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds: list[int], choose_on: str,
                 rate_key: str = "lr", higher_is_better: bool = False, factor: float = 3.0, max_rates: int = 6) -> list[dict]:
     """The cells still to run so that every group (e.g. {"model": "llama"}) is at its best rate.
@@ -72,7 +76,7 @@ def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds:
     resumed file carries on where it stopped."""
     pending = []
     for group in groups:
-        mine = [r for r in runs if all(r.get(k) == v for k, v in group.items()) and r.get("seed") == seeds[0]]
+        mine = [r for r in runs if _in_group(r, group) and r.get("seed") == seeds[0]]
         tried = {r[rate_key]: r[choose_on] for r in mine}
         missing = [lr for lr in rates if lr not in tried]
         if missing:
@@ -87,7 +91,7 @@ def rate_search(runs: list[dict], groups: list[dict], rates: list[float], seeds:
         if beyond is not None and len(tried) < max_rates:
             pending.append({**group, rate_key: beyond, "seed": seeds[0]})
         elif best is not None:
-            done = {r.get("seed") for r in runs if all(r.get(k) == v for k, v in group.items()) and r[rate_key] == best}
+            done = {r.get("seed") for r in runs if _in_group(r, group) and r[rate_key] == best}
             pending += [{**group, rate_key: best, "seed": s} for s in seeds if s not in done]
     return pending
 
@@ -116,7 +120,7 @@ def tuned_summary(runs: list[dict], groups: list[dict], seeds: list[int], choose
     every metric of ``report`` over the seeds run at that rate}."""
     by_rate, chosen = [], []
     for group in groups:
-        mine = [r for r in runs if all(r.get(k) == v for k, v in group.items())]
+        mine = [r for r in runs if _in_group(r, group)]
         tried = {r[rate_key]: r[choose_on] for r in mine if r.get("seed") == seeds[0]}
         by_rate += [{**group, rate_key: lr, choose_on: tried[lr]} for lr in sorted(tried)]
         best = chosen_rate(tried, higher_is_better)
