@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evaluation.lib.results import HEADER, ResultsFile, add_output_arguments, output_path, run_cells
-from evaluation.lib.sweep import at_edge, best_rows, grid, spread, summarize
+from evaluation.lib.sweep import grid, spread, summarize
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.training import train_steps, warmup_cosine
 
@@ -56,15 +56,14 @@ def test_results_file_header_cells_and_resume(tmp_path):
     assert ResultsFile(path, "python -m x", {"a": 2}).runs == []
 
 
-def test_sweep_spread_and_choice_on_validation():
+def test_sweep_spread_and_summary_over_seeds():
     assert spread([1.0, 3.0]) == {"values": [1.0, 3.0], "mean": 2.0, "min": 1.0, "max": 3.0, "std": pytest.approx(2 ** 0.5)}
     assert math.isnan(spread([1.0, float("nan")])["mean"]) and spread([2.0])["std"] is None
     runs = [{"lr": lr, "seed": s, "val": v, "test": v + 1} for lr, s, v in
             [(1, 0, 3.0), (1, 1, 3.2), (2, 0, 2.0), (2, 1, 2.4), (3, 0, 1.0), (3, 1, float("inf"))]]
-    rows = summarize(runs, by=("lr",), metrics=("val", "test"))
-    (best,) = best_rows(rows, within=(), choose_on="val")
-    assert best["lr"] == 2 and best["test"]["mean"] == pytest.approx(3.2)  # lr 3 diverged on one seed
-    assert at_edge(best, rows, (), "lr") is False and at_edge(rows[0], rows, (), "lr") is True
+    rows = {row["lr"]: row for row in summarize(runs, by=("lr",), metrics=("val", "test"))}
+    assert rows[2]["seeds"] == [0, 1] and rows[2]["test"]["mean"] == pytest.approx(3.2)
+    assert math.isnan(rows[3]["val"]["mean"]) and rows[3]["val"]["min"] == 1.0  # lr 3 diverged on one seed
 
 
 def tiny_hope():

@@ -230,51 +230,60 @@ def test_tuned_summary_reports_the_test_loss_of_the_rate_chosen_on_validation():
     assert row["final_test_loss"]["mean"] == pytest.approx(4.2) and row["final_test_loss"]["std"] == pytest.approx(0.1414, abs=1e-3)
 
 
-def best_row(payload, model, label):
-    return next(r for r in payload["summary"]["best"] if (r["model"], r["optimizer_label"]) == (model, label))
+def chosen_row(payload, model, label):
+    return next(r for r in payload["summary"]["chosen"] if (r["model"], r["optimizer_label"]) == (model, label))
 
 
-def by_lr(payload, model, label):
-    return {r["lr"]: r for r in payload["summary"]["by_lr"] if (r["model"], r["optimizer_label"]) == (model, label)}
-
-
-def test_optimizer_sweep_end_to_end(tmp_path, small_corpus):
+def test_optimizer_sweep_end_to_end_tunes_every_setting(tmp_path, small_corpus):
     output = tmp_path / "sweep.json"
-    run_optimizer_sweep.main(["--corpus", small_corpus, "--models", "hope_titans", "--steps", "2", "--seeds", "0", "1", "--lrs-adamw", "1e-3", "3e-3",
-                              "--lrs-muon", "1e-2", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3", "--batch-size", "2",
-                              "--output", str(output), *TINY_ARGS])
+    run_optimizer_sweep.main(["--corpus", small_corpus, "--models", "hope_titans", "--steps", "2", "--seeds", "0", "1",
+                              "--lrs-adamw", "1e-3", "3e-3", "--lrs-muon", "1e-2", "--lrs-m3", "1e-5", "--m3-eps", "1e-2",
+                              "1e-3", "--m3-momentum-decay", "1.0", "--m3-variance", "sum", "--max-rates", "2",
+                              "--batch-size", "2", "--output", str(output), *TINY_ARGS])
     payload = json.loads(output.read_text())
-    labels = {r["optimizer_label"] for r in payload["summary"]["by_lr"]}
+    labels = {r["optimizer_label"] for r in payload["summary"]["chosen"]}
     assert labels == {"adamw", "muon", "m3 eps=0.01", "m3 eps=0.001"}
-    assert len(payload["runs"]) == 2 * (2 + 1 + 2)
-    adamw = by_lr(payload, "hope_titans", "adamw")
-    assert set(adamw) == {0.001, 0.003}
-    # the best rate is chosen on validation; its test loss is reported beside it
-    best = best_row(payload, "hope_titans", "adamw")
-    assert best["final_validation_loss"]["mean"] == min(v["final_validation_loss"]["mean"] for v in adamw.values())
-    assert math.isfinite(best["final_test_loss"]["mean"])
+    assert len(payload["runs"]) == (2 + 1) + 3 * (1 + 1)  # adamw: two rates, then seed 1; the others: one rate
+    for label in labels:
+        row = chosen_row(payload, "hope_titans", label)
+        tried = {r["lr"]: r["final_validation_loss"] for r in payload["runs"]
+                 if r["optimizer_label"] == label and r["seed"] == 0}
+        assert tried[row["lr"]] == min(tried.values())  # chosen on validation with the first seed
+        assert row["seeds"] == [0, 1] and all(math.isfinite(v) for v in row["final_test_loss"]["values"])
+        seed_1 = [r for r in payload["runs"] if r["optimizer_label"] == label and r["seed"] == 1]
+        assert [r["lr"] for r in seed_1] == [row["lr"]]
+        assert all(r["optimizer"]["lr"] == r["lr"] for r in seed_1)
+    assert {r["optimizer"]["adamw_lr"] for r in payload["runs"] if r["optimizer_label"] == "adamw"} == {1e-3, 3e-3}
+    assert {r["optimizer"]["adamw_lr"] for r in payload["runs"] if r["optimizer_label"] != "adamw"} == {3e-3}
     # the same initial weights and data for a seed: different optimizers start from the same validation loss
     starts = {r["curve"][0]["validation_loss"] for r in payload["runs"] if r["seed"] == 0}
     assert len(starts) == 1
+    assert output.with_suffix(".png").stat().st_size > 0
 
 
-def test_optimizer_sweep_resume_adds_seeds_at_one_rate(tmp_path, small_corpus):
-    output = tmp_path / "sweep.json"
-    common = ["--corpus", small_corpus, "--models", "llama", "--steps", "2", "--optimizers", "adamw", "--batch-size", "2",
-              "--output", str(output), *TINY_ARGS]
-    first = run_optimizer_sweep.main([*common, "--seeds", "0", "--lrs-adamw", "1e-3", "3e-3"])
+def test_optimizer_sweep_resumes_and_merges(tmp_path, small_corpus):
+    output, side = tmp_path / "sweep.json", tmp_path / "side.json"
+    common = ["--corpus", small_corpus, "--steps", "2", "--optimizers", "adamw", "--batch-size", "2",
+              "--lrs-adamw", "1e-3", "3e-3", "--max-rates", "2", *TINY_ARGS]
+    first = run_optimizer_sweep.main([*common, "--models", "llama", "--seeds", "0", "--output", str(output)])
     older = json.loads(output.read_text())  # as written before OptimizerSpec had m3_momentum_decay
     for run in older["runs"]:
         del run["optimizer"]["m3_momentum_decay"]
     output.write_text(json.dumps(older))
-    second = run_optimizer_sweep.main([*common, "--resume", "--seeds", "0", "1", "--lrs-adamw", "3e-3"])
-    assert [(r["seed"], r["optimizer"]["lr"]) for r in second["runs"]] == [(0, 1e-3), (0, 3e-3), (1, 3e-3)]
+    parallel = run_optimizer_sweep.main([*common, "--models", "hope_titans", "--seeds", "0", "1", "--output", str(side)])
+    second = run_optimizer_sweep.main([*common, "--models", "llama", "--resume", "--seeds", "0", "1",
+                                       "--merge-from", str(side), "--output", str(output)])
+    llama_rate = chosen_row(second, "llama", "adamw")["lr"]
+    assert [(r["model"], r["seed"], r["lr"]) for r in second["runs"]] == [
+        ("llama", 0, 1e-3), ("llama", 0, 3e-3), *[(r["model"], r["seed"], r["lr"]) for r in parallel["runs"]],
+        ("llama", 1, llama_rate)]
     for kept, old in zip(second["runs"][:2], older["runs"]):  # kept, not rerun; the new field at its default
-        assert kept == {**old, "optimizer": {**old["optimizer"], "m3_momentum_decay": 1.0, "betas": [0.9, 0.95]}}
-    assert second["command"].count(" ; ") == 1 and second["duration_s"] > first["duration_s"]
-    assert len(by_lr(second, "llama", "adamw")[3e-3]["final_validation_loss"]["values"]) == 2
+        assert kept == {**old, "optimizer": {**old["optimizer"], "m3_momentum_decay": 1.0}}
+    assert second["command"].count(" ; ") == 2 and second["duration_s"] > first["duration_s"] + parallel["duration_s"]
+    assert {row["model"] for row in second["summary"]["chosen"]} == {"llama", "hope_titans"}
     with pytest.raises(SystemExit, match="shape"):
-        run_optimizer_sweep.main([*common[:-len(TINY_ARGS)], "--resume", "--seeds", "2"])
+        run_optimizer_sweep.main([*common[:-len(TINY_ARGS)], "--models", "llama", "--resume", "--seeds", "2",
+                                  "--output", str(output)])
 
 
 @pytest.mark.parametrize("name", ["llama", "hope_titans"])
@@ -294,39 +303,24 @@ def test_gradient_accumulation_matches_the_whole_batch(name):
         accumulate_gradients(model, batch, 3, "cpu")
 
 
-def test_sweep_summary_skips_diverged_rates():
-    def run(lr, seed, loss):
-        return {"model": "m", "optimizer_label": "adamw", "optimizer": {"lr": lr}, "seed": seed,
-                "final_validation_loss": loss, "final_test_loss": loss + 0.5}
-
-    runs = [run(1e-3, 0, 4.0), run(1e-3, 1, 4.2), run(3e-3, 0, 3.9), run(3e-3, 1, 4.1), run(1e-2, 0, 3.0),
-            run(1e-2, 1, float("nan"))]
-    summary = run_optimizer_sweep.summary_of(runs)
-    rows = {r["lr"]: r for r in summary["by_lr"]}
-    assert math.isnan(rows[1e-2]["final_validation_loss"]["mean"])  # one diverged seed: no mean, never the best
-    (best,) = summary["best"]
-    assert best["lr"] == 3e-3 and best["final_validation_loss"]["mean"] == pytest.approx(4.0)
-    assert best["final_test_loss"]["mean"] == pytest.approx(4.5)
-    assert best["final_validation_loss"]["std"] == pytest.approx(0.1414, abs=1e-3) and best["at_edge"] is False
-
-
 def test_m3_momentum_decay_axis():
-    args = run_optimizer_sweep.parse_args(["--optimizers", "m3", "--lrs-m3", "1e-3", "--m3-eps", "1e-2", "1e-3",
-                                           "--m3-momentum-decay", "1.0", "0.95"])
-    specs = run_optimizer_sweep.optimizer_grid(args)
+    args = run_optimizer_sweep.parse_args(["--optimizers", "m3", "--m3-eps", "1e-2", "1e-3", "--m3-momentum-decay", "1.0",
+                                           "0.95", "--m3-variance", "sum"])
+    specs = run_optimizer_sweep.optimizer_settings(args)
     assert sorted(run_optimizer_sweep.label(asdict(s)) for s in specs) == [
         "m3 eps=0.001", "m3 eps=0.001 decay=0.95", "m3 eps=0.01", "m3 eps=0.01 decay=0.95"]
-    with_ema = run_optimizer_sweep.optimizer_grid(run_optimizer_sweep.parse_args(
-        ["--optimizers", "m3", "--lrs-m3", "1e-3", "--m3-variance", "sum", "ema"]))
+    with_ema = run_optimizer_sweep.optimizer_settings(run_optimizer_sweep.parse_args(
+        ["--optimizers", "m3", "--m3-eps", "1e-2", "--m3-momentum-decay", "1.0", "--m3-variance", "sum", "ema"]))
     assert [run_optimizer_sweep.label(asdict(s)) for s in with_ema] == ["m3 eps=0.01", "m3 eps=0.01 variance=ema"]
-    (ema,) = make_optimizers(build_model("hope_titans", TINY, 64), with_ema[1])
+    (ema,) = make_optimizers(build_model("hope_titans", TINY, 64), run_optimizer_sweep.with_lr(with_ema[1], 1e-3))
     assert ema.param_groups[0]["variance"] == "ema" and ema.param_groups[1]["algorithm"] == "adamw"
     model = build_model("hope_titans", TINY, 64)
-    decayed = next(s for s in specs if s.m3_momentum_decay == 0.95)
+    decayed = run_optimizer_sweep.with_lr(next(s for s in specs if s.m3_momentum_decay == 0.95), 1e-3)
+    assert (decayed.lr, decayed.adamw_lr) == (1e-3, 3e-3)  # M3's AdamW part keeps --adamw-lr
     (m3,) = make_optimizers(model, decayed)
     assert [level["decay"] for level in m3.param_groups[0]["levels"]] == [0.95, 0.95]
     # decay 1.0 is Algorithm 1: the same levels as M3's defaults
-    (default_m3,) = make_optimizers(model, next(s for s in specs if s.m3_momentum_decay == 1.0))
+    (default_m3,) = make_optimizers(model, run_optimizer_sweep.with_lr(next(s for s in specs if s.m3_momentum_decay == 1.0), 1e-3))
     reference = M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
     assert [{**lv, "decay": lv.get("decay", 1.0)} for lv in reference.param_groups[0]["levels"]] == default_m3.param_groups[0]["levels"]
 

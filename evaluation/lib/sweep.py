@@ -1,5 +1,6 @@
-"""Sweeps: the cells of a grid, the spread of a metric over seeds, and the best setting of each
-group chosen on one metric (a validation metric; the test metric of the chosen row is reported)."""
+"""Sweeps: the cells of a grid, the spread of a metric over seeds, and the search that puts every
+group at its own best rate, chosen on one metric (a validation metric; the test metric of the
+chosen rate is reported)."""
 
 import itertools
 import math
@@ -36,24 +37,6 @@ def summarize(runs: list[dict], by: tuple, metrics: tuple) -> list[dict]:
         row.update({metric: spread([r[metric] for r in mine]) for metric in metrics})
         rows.append(row)
     return rows
-
-
-def best_rows(rows: list[dict], within: tuple, choose_on: str, higher_is_better: bool = False) -> list[dict]:
-    """The row with the best mean of ``choose_on`` within each group of ``within``; a row whose mean
-    is NaN (a seed diverged) never wins."""
-    best = []
-    for _, mine in group_by(rows, within).items():
-        finite = [r for r in mine if math.isfinite(r[choose_on]["mean"])]
-        if finite:
-            pick = (max if higher_is_better else min)(finite, key=lambda r: r[choose_on]["mean"])
-            best.append(pick)
-    return best
-
-
-def at_edge(row: dict, rows: list[dict], within: tuple, axis: str) -> bool:
-    """Whether ``row``'s value of ``axis`` is the lowest or highest tried in its group: widen the grid."""
-    tried = [r[axis] for r in rows if all(r[k] == row[k] for k in within)]
-    return len(tried) > 1 and row[axis] in (min(tried), max(tried))
 
 
 def _sig(x: float) -> float:
@@ -134,5 +117,5 @@ def tuned_summary(runs: list[dict], groups: list[dict], seeds: list[int], choose
     return {"by_rate": by_rate, "chosen": chosen}
 
 
-__all__ = ["at_edge", "best_rows", "chosen_rate", "grid", "group_by", "rate_search", "spread", "summarize",
+__all__ = ["at_the_edge", "chosen_rate", "grid", "group_by", "rate_search", "spread", "summarize",
            "tuned_summary"]
