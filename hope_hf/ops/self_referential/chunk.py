@@ -294,6 +294,7 @@ class ChunkScan(torch.autograd.Function):
                 chunk_offset, self_referential, detach_values):
         T = u.shape[2]
         outputs, records, follows = [], [], []
+        backward_needed = any(ctx.needs_input_grad)  # otherwise nothing is kept: inference memory stays O(T d)
         for start, end in _chunk_bounds(T, chunk_size, chunk_offset):
             follow = None  # rows whose chunk-start state moves to the running state here
             if self_referential and start > 0:
@@ -307,8 +308,9 @@ class ChunkScan(torch.autograd.Function):
             s0 = state
             o, state, saved = _active_chunk_forward(u_c, q_c, chunk_state, s0, keep, rows, b_eta, b_alpha, eta_max)
             outputs.append(o)
-            records.append((rows, saved, q_c, s0))
-            follows.append(follow)
+            if backward_needed:
+                records.append((rows, saved, q_c, s0))
+                follows.append(follow)
         final_follow = None
         if self_referential and (chunk_offset + T) % chunk_size == 0:
             final_follow = _follows(row_ends, T, state)
