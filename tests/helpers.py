@@ -8,6 +8,7 @@ TWO_LEVELS = [{"intermediate_size": 48, "update_period": 1}, {"intermediate_size
 CONFIGS = {
     "titans": dict(mixer="titans"),
     "titans_static": dict(mixer="titans", titans_self_referential=False),
+    "titans_value_input": dict(mixer="titans", titans_value_projection=True, titans_normalize_values=False),
     "attention": dict(mixer="attention", num_key_value_heads=2),
     "hybrid": dict(mixer=["titans", "attention", "titans"], num_hidden_layers=3),
     "hybrid_sliding": dict(mixer=["attention", "titans"], sliding_window=6),

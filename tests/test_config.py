@@ -44,3 +44,9 @@ def test_round_trip_and_auto_config(tmp_path):
     strip = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}
     assert strip(loaded.to_dict()) == strip(config.to_dict())
     assert isinstance(AutoConfig.for_model("hope"), HopeConfig)
+
+
+@pytest.mark.parametrize("field", ["titans_value_projection", "titans_normalize_values"])
+def test_value_options_must_be_booleans(field):
+    with pytest.raises(Exception, match=f"'{field}' expected bool"):
+        tiny_config(**{field: "yes"})

@@ -188,14 +188,14 @@ def test_bf16_model_runs_with_fp32_memory_state(name):
     assert model.generate(ids[:, :5], max_new_tokens=6, do_sample=False).shape == (2, 11)
 
 
-@pytest.mark.parametrize("name", ["titans", "titans_static"])
+@pytest.mark.parametrize("name", ["titans", "titans_static", "titans_value_input"])
 def test_aligned_batch_equals_per_row_at_different_chunk_phases(name):
     """The titans mixer's one-call path for ragged batches (each row placed at its own chunk
     phase) against the per-row loop: rows at phases 0, 1, 3 of chunk 4 in the cache, left and
     right padding, an empty row; outputs, every returned state and the gradients."""
     model = tiny_model(**CONFIGS[name])
     mixer = model.model.layers[0].mixer
-    B, T, width = 4, 11, 2 * mixer.num_heads * mixer.head_dim
+    B, T, width = 4, 11, mixer.conv1d.in_channels
     projected = torch.randn(B, T, width, requires_grad=True)
     conv_state = torch.randn(B, width, mixer.conv1d.kernel_size[0] - 1)
     state = 0.1 * torch.randn(B, mixer.num_heads, mixer.head_dim, 3 * mixer.head_dim + 2)

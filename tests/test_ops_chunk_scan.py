@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from hope_hf.ops import (chunk_self_referential_gated_delta_rule, naive_self_referential_gated_delta_rule, state_width,
                          use_compiled_chunks)
-from hope_hf.ops.self_referential.chunk import ChunkScan
+from hope_hf.ops.self_referential.chunk import ChunkScan, delta_rule_chunk
+from hope_hf.ops.self_referential.common import scan_chunks
 from helpers import requires_cpp_compiler
 
 B, H, D = 3, 2, 4
@@ -68,6 +69,62 @@ def test_outputs_and_all_gradients_match_reference_fp64(self_referential, detach
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"grad {name}: {m}")
 
 
+@pytest.mark.parametrize("value_input", [False, True])
+@pytest.mark.parametrize("normalize_values", [True, False])
+@pytest.mark.parametrize("detach_values", [False, True])
+@pytest.mark.parametrize("with_row_ends", [False, True])
+def test_value_input_and_unnormalised_values_match_reference_fp64(value_input, normalize_values, detach_values,
+                                                                  with_row_ends):
+    """The ``v`` and ``normalize_values`` options on the chunk path and on the autograd loop (the
+    path under torch.func), against the reference: every output, every gradient (v's too), T=21
+    with chunk 5, padding, an offset, both initial states."""
+    T, chunk_size = 21, 5
+    inputs = make_inputs(T)
+    if value_input:
+        inputs.append(F.normalize(torch.randn(B, T, H, D, dtype=torch.float64), dim=-1).requires_grad_())
+    mask = ragged_mask(T)
+    row_ends = None
+    if with_row_ends:
+        mask[1, 19:] = 0
+        row_ends = torch.tensor([T, 19, T - 6])
+
+    def run(kernel, **extra):
+        u, q, be, ba, s, c, *v = inputs
+        return kernel(u, q, be, ba, s, chunk_size, 0.8, c, 3, mask, True, detach_values, row_ends=row_ends,
+                      v=v[0] if v else None, normalize_values=normalize_values, **extra)
+
+    torch.manual_seed(0)
+    weights = [torch.randn(B, T, H, D, dtype=torch.float64), *torch.randn(2, B, H, D, state_width(D), dtype=torch.float64)]
+    results = []
+    for kernel, extra in ((naive_self_referential_gated_delta_rule, {}), (chunk_self_referential_gated_delta_rule, {}),
+                          (scan_chunks, {"segment_fn": delta_rule_chunk})):
+        out = run(kernel, **extra)
+        loss = sum((w * x).sum() for w, x in zip(weights, out))
+        results.append((out, torch.autograd.grad(loss, inputs, allow_unused=True)))
+    names = ("u", "q", "b_eta", "b_alpha", "state", "chunk_state", "v")
+    for out, grads in results[1:]:
+        for name, a, b in zip(("o", "state", "chunk_state"), out, results[0][0]):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"{name}: {m}")
+        for name, a, b in zip(names, grads, results[0][1]):
+            a, b = (torch.zeros_like(inputs[names.index(name)]) if x is None else x for x in (a, b))
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"grad {name}: {m}")
+    if value_input and not detach_values:  # the value input matters, through the values only
+        assert results[1][1][-1].abs().max() > 1e-3
+
+
+def test_value_options_change_the_output():
+    """Defaults reproduce the plain call; a value input or unnormalised values give another memory."""
+    T, chunk_size = 12, 4
+    u, q, be, ba, s, c = (x.detach() for x in make_inputs(T))
+    plain = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size)
+    same = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, v=u, normalize_values=True)
+    for a, b in zip(plain, same):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    for options in ({"v": F.normalize(torch.randn_like(u), dim=-1)}, {"normalize_values": False}):
+        other = chunk_self_referential_gated_delta_rule(u, q, be, ba, s, chunk_size, **options)
+        assert not torch.allclose(other[1], plain[1])
+
+
 def test_row_ends_keep_the_chunk_start_state_in_trailing_padding():
     """A row with trailing padding across boundaries ends with the chunk-start state it has alone."""
     T, chunk_size = 13, 4
@@ -95,7 +152,7 @@ def test_gradcheck_tiny():
 
     def fn(u, q, be, ba, s, c):
         return ChunkScan.apply(u.transpose(1, 2), q.transpose(1, 2), be, ba, s, c, mask, row_ends, chunk_size, 0.9, 1,
-                               True, False)
+                               True, False, None, True)
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, fast_mode=True)
 

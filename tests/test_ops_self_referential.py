@@ -139,17 +139,20 @@ def test_static_projections_match_fla_naive_gated_delta_rule():
 
 
 @pytest.mark.parametrize("self_referential", [True, False])
-def test_fla_bridge_mapping_with_fla_reference_kernel(self_referential):
+@pytest.mark.parametrize("value_options", [{}, {"normalize_values": False}, {"v": "separate"}], ids=["default", "raw-v", "v-input"])
+def test_fla_bridge_mapping_with_fla_reference_kernel(self_referential, value_options):
     """The CUDA path's per-chunk plumbing, run on CPU with fla's torch reference as the kernel."""
     T, chunk_size = 37, 8
     u, q, be, ba, state = (x.detach().float() for x in make_inputs(T))
+    if "v" in value_options:
+        value_options = {"v": F.normalize(torch.randn_like(u), dim=-1)}
     mask = padding_mask(T)
     expected = naive_self_referential_gated_delta_rule(
-        u, q, be, ba, state, chunk_size, attention_mask=mask, self_referential=self_referential
+        u, q, be, ba, state, chunk_size, attention_mask=mask, self_referential=self_referential, **value_options
     )
     got = fla_self_referential_gated_delta_rule(
         u, q, be, ba, state, chunk_size, attention_mask=mask, self_referential=self_referential,
-        gated_delta_rule_fn=naive_recurrent_gated_delta_rule,
+        gated_delta_rule_fn=naive_recurrent_gated_delta_rule, **value_options
     )
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
@@ -190,6 +193,8 @@ def test_state_stays_bounded_over_long_inputs():
     "change, message",
     [
         (lambda a: a.update(u=a["u"][..., :-1]), "q must have the shape of u"),
+        (lambda a: a.update(v=a["u"][:, :-1]), "v must have the shape of u"),
+        (lambda a: a.update(v=a["u"].long()), "v must be a floating-point tensor"),
         (lambda a: a.update(initial_state=a["initial_state"][..., :-1]), "initial_state must have shape"),
         (lambda a: a.update(b_eta=a["b_eta"][:1]), "b_eta must have shape"),
         (lambda a: a.update(chunk_size=0), "chunk_size must be an int >= 1"),

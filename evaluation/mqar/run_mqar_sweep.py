@@ -53,6 +53,8 @@ ABLATIONS = {
     "titans_chunk_64": dict(titans_chunk_size=64),
     "titans_conv_2": dict(titans_conv_size=2),  # [4]
     "titans_conv_8": dict(titans_conv_size=8),
+    "titans_value_proj": dict(titans_value_projection=True),  # [False]: values from their own input W_v x
+    "titans_raw_values": dict(titans_normalize_values=False),  # [True]: values not l2-normalised
 }
 
 

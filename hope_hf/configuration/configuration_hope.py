@@ -124,6 +124,13 @@ class HopeConfig(PreTrainedConfig):
             like ablation); the memory read-out still learns in context.
         titans_detach_values (`bool`):
             Stop-gradient on the memories' self-generated values.
+        titans_value_projection (`bool`):
+            False (Eq 90): one input u = conv(W_u x) feeds every memory, so keys and values are
+            both functions of u. True gives the value memory its own input, conv(W_v x), as
+            attention and Gated DeltaNet have a value projection (one more hidden x H*d matrix).
+        titans_normalize_values (`bool`):
+            l2-normalise the values the value memory produces (keeps the self-feedback bounded);
+            False leaves them unnormalised.
         titans_memory_init_std (`float`, *optional*):
             Std of the initial memories' deviation from identity (the meta-learned W_box,0).
             None uses `initializer_range`; near 0, k = v = u at start and the first writes are ~0.
@@ -186,6 +193,8 @@ class HopeConfig(PreTrainedConfig):
     titans_conv_size: int = 4
     titans_self_referential: bool = True
     titans_detach_values: bool = False
+    titans_value_projection: bool = False
+    titans_normalize_values: bool = True
     titans_memory_init_std: float | None = None
     titans_decay_init_min: float = 0.99
     titans_decay_init_max: float = 0.999

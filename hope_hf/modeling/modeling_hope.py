@@ -173,10 +173,12 @@ class HopeTitansMixer(nn.Module):
 
     u = l2norm(conv(W_u x)), q = l2norm(conv(W_q x)); the memories M_k, M_v, M_mem, M_eta,
     M_alpha (one stacked state of shape d x (3d+2) per head, see hope_hf.ops) produce keys,
-    values, rates and decays from u, generate their own targets and learn in context by the
-    delta rule; o = M_mem(q), then a gated RMSNorm and W_o.
+    values, rates and decays from u (values from l2norm(conv(W_v x)) with
+    `titans_value_projection`), generate their own targets and learn in context by the delta
+    rule; o = M_mem(q), then a gated RMSNorm and W_o.
 
-    Cache (transformers' LinearAttentionLayer): conv state (B, 2*H*d, conv_size-1) and a
+    Cache (transformers' LinearAttentionLayer): conv state (B, n*H*d, conv_size-1), n = 2 inputs
+    (u, q) or 3 (u, q, v), and a
     recurrent state (B, H, 2, d, 3d+2) = (running state, state at the start of the current
     chunk); HopeCache counts the tokens each row has seen. O(1) in sequence length.
     """
@@ -190,12 +192,15 @@ class HopeTitansMixer(nn.Module):
         self.eta_max = config.titans_eta_max
         self.self_referential = config.titans_self_referential
         self.detach_values = config.titans_detach_values
+        self.normalize_values = config.titans_normalize_values
         inner = self.num_heads * self.head_dim
 
         self.u_proj = nn.Linear(config.hidden_size, inner, bias=False)
         self.q_proj = nn.Linear(config.hidden_size, inner, bias=False)
-        # One causal depthwise conv over the channels of [u, q], so the cache holds one conv state.
-        self.conv1d = nn.Conv1d(2 * inner, 2 * inner, config.titans_conv_size, groups=2 * inner, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, inner, bias=False) if config.titans_value_projection else None
+        # One causal depthwise conv over the channels of [u, q(, v)], so the cache holds one conv state.
+        channels = (2 if self.v_proj is None else 3) * inner
+        self.conv1d = nn.Conv1d(channels, channels, config.titans_conv_size, groups=channels, bias=False)
         # Meta-learned initial memories W_box,0 (Eq 72-73 analog), stacked: (H, d, 3d+2).
         self.initial_state = nn.Parameter(torch.zeros(self.num_heads, self.head_dim, state_width(self.head_dim)))
         self.b_eta = nn.Parameter(torch.zeros(self.num_heads))
@@ -212,21 +217,22 @@ class HopeTitansMixer(nn.Module):
         return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - conv_state.shape[-1] :]
 
     def _memory(self, projected, conv_state, state, chunk_state, chunk_offset, mask):
-        """Conv, normalise, run the memory. projected: (B, T, 2*H*d) = [W_u x, W_q x]."""
+        """Conv, normalise, run the memory. projected: (B, T, n*H*d) = [W_u x, W_q x(, W_v x)]."""
         mixed, conv_state = self._conv(projected, conv_state)
         o, state, chunk_state = self._run_memory(mixed, state, chunk_state, chunk_offset, mask)
         return o, conv_state, state, chunk_state
 
     def _run_memory(self, mixed, state, chunk_state, chunk_offset, mask, row_ends=None):
-        """Normalise u, q and run the memory op. mixed: (B, T, 2*H*d) after the conv."""
+        """Normalise u, q (and v) and run the memory op. mixed: (B, T, n*H*d) after the conv."""
         B, T, _ = mixed.shape
-        u, q = mixed.view(B, T, 2, self.num_heads, self.head_dim).unbind(2)
+        inputs = mixed.view(B, T, -1, self.num_heads, self.head_dim).unbind(2)
         # in fp32 at least: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gives NaN
         norm_dtype = torch.promote_types(mixed.dtype, torch.float32)
-        u, q = (F.normalize(t.to(norm_dtype), dim=-1).to(t.dtype) for t in (u, q))
+        u, q, *v = (F.normalize(t.to(norm_dtype), dim=-1).to(t.dtype) for t in inputs)
         return self_referential_gated_delta_rule(
             u, q, self.b_eta, self.b_alpha, state, self.chunk_size, self.eta_max, chunk_state, chunk_offset,
-            mask, self.self_referential, self.detach_values, row_ends=row_ends,
+            mask, self.self_referential, self.detach_values, row_ends=row_ends, v=v[0] if v else None,
+            normalize_values=self.normalize_values,
         )
 
     def forward(
@@ -237,7 +243,8 @@ class HopeTitansMixer(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         B, T, _ = hidden_states.shape
-        projected = torch.cat([self.u_proj(hidden_states), self.q_proj(hidden_states)], dim=-1)
+        projections = (self.u_proj, self.q_proj) if self.v_proj is None else (self.u_proj, self.q_proj, self.v_proj)
+        projected = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
         init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
         state, chunk_state, seen = init_state, init_state, None

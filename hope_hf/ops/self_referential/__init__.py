@@ -23,7 +23,8 @@ def _cuda_kernel(head_dim: int, chunk_size: int, self_referential: bool):
 
 def self_referential_gated_delta_rule(
     u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
-    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False, row_ends=None,
+    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False, row_ends=None, *, v=None,
+    normalize_values=True,
 ):
     """Self-referential gated delta rule (Eq 83-93 of Nested Learning; docs/design.md, "The op's contract").
 
@@ -44,6 +45,10 @@ def self_referential_gated_delta_rule(
             only if x <= row_ends[b], so the row keeps the chunk-start state it has alone across
             its trailing padding (the titans mixer aligns the rows of a ragged batch to their
             own chunk phases), and the CPU path skips a row's chunks of padding.
+        v (keyword): (B, T, H, d) the value memory's own input, or None (Eq 90: u feeds every
+            memory). With it, v = M_v(v_input) while keys, rates and decays still come from u.
+        normalize_values (keyword): l2-normalise the values v (default); False leaves them as
+            the value memory produced them.
 
     Returns:
         o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state
@@ -55,9 +60,12 @@ def self_referential_gated_delta_rule(
     """
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
     extra = {}
-    if row_ends is not None:  # the fused kernels do not take it
-        kernel = fla_self_referential_gated_delta_rule if u.is_cuda else kernel
+    if row_ends is not None:
         extra["row_ends"] = row_ends
+    if v is not None or not normalize_values:
+        extra.update(v=v, normalize_values=normalize_values)
+    if extra and u.is_cuda:  # the fused kernels take none of these
+        kernel = fla_self_referential_gated_delta_rule
     return kernel(
         u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
         chunk_offset, attention_mask, self_referential, detach_values, **extra,

@@ -78,11 +78,12 @@ def _normalize_backward(grad: torch.Tensor, y: torch.Tensor, norm: torch.Tensor)
     return (grad - y * radial) / norm
 
 
-def _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max):
+def _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max, value_input=None, normalize_values=True):
     """One chunk, all heads and rows at once (Eq 90 projections + the UT-transform solve).
 
     u, q: (B,H,L,d); p: (B,H,d,V) state the chunk projects from; s0: (B,H,d,V) running state at
-    the chunk start; keep: (B,1,L) bool (False = padding) or None; b_eta, b_alpha: (H,).
+    the chunk start; keep: (B,1,L) bool (False = padding) or None; b_eta, b_alpha: (H,);
+    value_input: (B,H,L,d) the value memory's input, or None for u.
     Returns (o (B,H,L,d), final state (B,H,d,V), what the backward reuses).
     """
     d, L = u.shape[-1], u.shape[-2]
@@ -91,7 +92,8 @@ def _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max):
 
     R = u @ p  # every memory applied to u at once (B,H,L,V)
     k, k_norm = _normalize(u + R[..., sl["key"]])
-    v, v_norm = _normalize(u + R[..., sl["value"]])
+    v = u + R[..., sl["value"]] if value_input is None else value_input + value_input @ p[..., sl["value"]]
+    v, v_norm = _normalize(v) if normalize_values else (v, None)
     sig_eta = torch.sigmoid(R[..., sl["eta"]].squeeze(-1) + b_eta[:, None])
     eta = eta_max * sig_eta
     alpha = torch.sigmoid(R[..., sl["alpha"]].squeeze(-1) + b_alpha[:, None])
@@ -125,15 +127,16 @@ def _chunk_forward(u, q, p, s0, keep, b_eta, b_alpha, eta_max):
     K_end = k * to_end[..., None]
     final = g[..., -1].exp()[..., None, None] * s0 + K_end.transpose(-1, -2) @ delta
     saved = (u, q, p, s0, keep, k, k_norm, v, v_norm, sig_eta, eta, alpha, g, D_incl, D_strict,
-             KK, KS, e_prev, X, T_inv, delta, QK, M, e_g, QS, to_end, K_end)
+             KK, KS, e_prev, X, T_inv, delta, QK, M, e_g, QS, to_end, K_end, value_input)
     return o, final, saved
 
 
 def _chunk_backward(d_o, d_final, saved, eta_max, detach_values):
     """Gradients of one chunk: from dL/do (B,H,L,d) and dL/dfinal (B,H,d,V) to
-    (du, dq, dp, ds0, db_eta, db_alpha); the reverse of ``_chunk_forward`` line by line."""
+    (du, dq, dp, ds0, db_eta, db_alpha, d value_input or None); the reverse of ``_chunk_forward``
+    line by line."""
     (u, q, p, s0, keep, k, k_norm, v, v_norm, sig_eta, eta, alpha, g, D_incl, D_strict,
-     KK, KS, e_prev, X, T_inv, delta, QK, M, e_g, QS, to_end, K_end) = saved
+     KK, KS, e_prev, X, T_inv, delta, QK, M, e_g, QS, to_end, K_end, value_input) = saved
     d = u.shape[-1]
     sl = memory_slices(d)
     mem = sl["memory"]
@@ -196,18 +199,24 @@ def _chunk_backward(d_o, d_final, saved, eta_max, detach_values):
         dv = dW @ tr(p) + dW_sq
         dp = tr(v) @ dW
 
-    # projections: R = u p; k, v = normalize(u + R[key / value]); eta, alpha = sigmoids
+    # projections: R = u p; k = normalize(u + R[key]); v = normalize(x + x p[value]), x = u or
+    # the value input (normalize optional); eta, alpha = sigmoids
     d_alpha_logit = d_log_alpha * (1 - alpha)
     d_eta_logit = d_eta * eta_max * sig_eta * (1 - sig_eta)
     if keep is not None:
         d_alpha_logit = d_alpha_logit * keep
         d_eta_logit = d_eta_logit * keep
     dk_in = _normalize_backward(dk, k, k_norm)
-    dv_in = _normalize_backward(dv, v, v_norm)
-    dR = torch.cat([dk_in, dv_in, torch.zeros_like(dk_in), d_eta_logit[..., None], d_alpha_logit[..., None]], -1)
-    du = dk_in + dv_in + dR @ tr(p)
+    dv_in = dv if v_norm is None else _normalize_backward(dv, v, v_norm)
+    dv_from_u = dv_in if value_input is None else torch.zeros_like(dv_in)
+    dR = torch.cat([dk_in, dv_from_u, torch.zeros_like(dk_in), d_eta_logit[..., None], d_alpha_logit[..., None]], -1)
+    du = dk_in + dv_from_u + dR @ tr(p)
     dp = dp + tr(u) @ dR
-    return du, dq, dp, ds0, d_eta_logit.sum((0, 2)), d_alpha_logit.sum((0, 2))
+    d_value_input = None
+    if value_input is not None:
+        d_value_input = dv_in + dv_in @ tr(p[..., sl["value"]])
+        dp[..., sl["value"]] += tr(value_input) @ dv_in
+    return du, dq, dp, ds0, d_eta_logit.sum((0, 2)), d_alpha_logit.sum((0, 2)), d_value_input
 
 
 def _chunk_bounds(T: int, chunk_size: int, chunk_offset: int) -> list[tuple[int, int]]:
@@ -251,22 +260,24 @@ def _run_chunk(which: int, *args):
         return eager(*args)
 
 
-def _active_chunk_forward(u, q, p, s0, keep, rows, b_eta, b_alpha, eta_max):
+def _active_chunk_forward(u, q, p, s0, keep, rows, b_eta, b_alpha, eta_max, value_input, normalize_values):
     """``_chunk_forward`` on the rows that have real tokens in the chunk (``rows``, or None = all);
     the others hold padding only, so their state stays and their output is q + q^T S[:, mem]."""
     if rows is None:
-        return _run_chunk(0, u, q, p, s0, keep, b_eta, b_alpha, eta_max)
+        return _run_chunk(0, u, q, p, s0, keep, b_eta, b_alpha, eta_max, value_input, normalize_values)
     mem = memory_slices(u.shape[-1])["memory"]
     o = q + q @ s0[..., mem]
     if rows.numel() == 0:
         return o, s0, None
     pick = lambda x: None if x is None else x.index_select(0, rows)  # noqa: E731
-    o_rows, final_rows, saved = _run_chunk(0, pick(u), pick(q), pick(p), pick(s0), pick(keep), b_eta, b_alpha, eta_max)
+    o_rows, final_rows, saved = _run_chunk(0, pick(u), pick(q), pick(p), pick(s0), pick(keep), b_eta, b_alpha, eta_max,
+                                           pick(value_input), normalize_values)
     return o.index_copy(0, rows, o_rows), s0.index_copy(0, rows, final_rows), saved
 
 
 def _active_chunk_backward(d_o, d_final, record, eta_max, detach_values):
-    """Backward of ``_active_chunk_forward``: (du, dq, dp, ds0, db_eta, db_alpha)."""
+    """Backward of ``_active_chunk_forward``: (du, dq, dp, ds0, db_eta, db_alpha, d value_input or
+    None where the chunk had none or only padding)."""
     rows, saved, q, s0 = record
     if rows is None:
         return _run_chunk(1, d_o, d_final, saved, eta_max, detach_values)
@@ -277,21 +288,24 @@ def _active_chunk_backward(d_o, d_final, record, eta_max, detach_values):
     ds0[..., mem] += q.transpose(-1, -2) @ d_o
     db = torch.zeros(q.shape[1], dtype=q.dtype, device=q.device)
     if saved is None:
-        return du, dq, dp, ds0, db, db
+        return du, dq, dp, ds0, db, db, None
     pick = lambda x: x.index_select(0, rows)  # noqa: E731
-    du_r, dq_r, dp_r, ds0_r, db_eta, db_alpha = _run_chunk(1, pick(d_o), pick(d_final), saved, eta_max, detach_values)
+    du_r, dq_r, dp_r, ds0_r, db_eta, db_alpha, dvi_r = _run_chunk(1, pick(d_o), pick(d_final), saved, eta_max,
+                                                                   detach_values)
+    dvi = None if dvi_r is None else torch.zeros_like(q).index_copy(0, rows, dvi_r)
     return (du.index_copy(0, rows, du_r), dq.index_copy(0, rows, dq_r), dp.index_copy(0, rows, dp_r),
-            ds0.index_copy(0, rows, ds0_r), db_eta, db_alpha)
+            ds0.index_copy(0, rows, ds0_r), db_eta, db_alpha, dvi)
 
 
 class ChunkScan(torch.autograd.Function):
     """The whole chunk loop as one autograd node. Tensors head-first, in the compute dtype:
-    u, q (B,H,T,d); states (B,H,d,V); mask (B,T) bool or None; row_ends (B,) or None.
-    With ``row_ends``, a chunk runs only the rows that have real tokens in it."""
+    u, q, value_input (B,H,T,d), value_input may be None; states (B,H,d,V); mask (B,T) bool or
+    None; row_ends (B,) or None. With ``row_ends``, a chunk runs only the rows that have real
+    tokens in it."""
 
     @staticmethod
     def forward(ctx, u, q, b_eta, b_alpha, state, chunk_state, mask, row_ends, chunk_size, eta_max,
-                chunk_offset, self_referential, detach_values):
+                chunk_offset, self_referential, detach_values, value_input, normalize_values):
         T = u.shape[2]
         outputs, records, follows = [], [], []
         backward_needed = any(ctx.needs_input_grad)  # otherwise nothing is kept: inference memory stays O(T d)
@@ -305,8 +319,10 @@ class ChunkScan(torch.autograd.Function):
             if row_ends is not None and bool((row_ends <= start).any()):
                 rows = (row_ends > start).nonzero().squeeze(-1).to(u.device)
             u_c, q_c = u[:, :, start:end], q[:, :, start:end]
+            v_c = None if value_input is None else value_input[:, :, start:end]
             s0 = state
-            o, state, saved = _active_chunk_forward(u_c, q_c, chunk_state, s0, keep, rows, b_eta, b_alpha, eta_max)
+            o, state, saved = _active_chunk_forward(u_c, q_c, chunk_state, s0, keep, rows, b_eta, b_alpha, eta_max, v_c,
+                                                    normalize_values)
             outputs.append(o)
             if backward_needed:
                 records.append((rows, saved, q_c, s0))
@@ -316,13 +332,13 @@ class ChunkScan(torch.autograd.Function):
             final_follow = _follows(row_ends, T, state)
             chunk_state = state if final_follow is None else torch.where(final_follow, state, chunk_state)
         ctx.records, ctx.follows, ctx.final_follow = records, follows, final_follow
-        ctx.args = (eta_max, self_referential, detach_values, (chunk_offset + T) % chunk_size == 0)
+        ctx.args = (eta_max, self_referential, detach_values, (chunk_offset + T) % chunk_size == 0, value_input is not None)
         return torch.cat(outputs, dim=2), state, chunk_state
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_o, d_state, d_chunk_state):
-        eta_max, self_referential, detach_values, ends_on_boundary = ctx.args
+        eta_max, self_referential, detach_values, ends_on_boundary, has_value_input = ctx.args
         records = ctx.records
         q0, s_last = records[0][2], records[-1][3]
         B, H, _, d = q0.shape
@@ -333,25 +349,27 @@ class ChunkScan(torch.autograd.Function):
             d_state, d_carry = _route(ctx.final_follow, d_carry, d_state)
         if d_o is None:
             d_o = torch.zeros(B, H, sum(r[2].shape[2] for r in records), d, dtype=q0.dtype, device=q0.device)
-        du, dq = [], []
+        du, dq, dvi = [], [], []
         db_eta = torch.zeros(H, dtype=q0.dtype, device=q0.device)
         db_alpha = torch.zeros_like(db_eta)
         end = d_o.shape[2]
         for index in reversed(range(len(records))):
             L = records[index][2].shape[2]
-            du_c, dq_c, dp, ds0, dbe, dba = _active_chunk_backward(
+            du_c, dq_c, dp, ds0, dbe, dba, dvi_c = _active_chunk_backward(
                 d_o[:, :, end - L : end], d_state, records[index], eta_max, detach_values
             )
             end -= L
             du.append(du_c)
             dq.append(dq_c)
+            dvi.append(torch.zeros_like(du_c) if dvi_c is None else dvi_c)
             db_eta, db_alpha = db_eta + dbe, db_alpha + dba
             d_carry = d_carry + dp
             d_state = ds0
             if self_referential and index > 0:
                 d_state, d_carry = _route(ctx.follows[index], d_carry, d_state)
         du, dq = torch.cat(du[::-1], dim=2), torch.cat(dq[::-1], dim=2)
-        return du, dq, db_eta, db_alpha, d_state, d_carry, None, None, None, None, None, None, None
+        dvi = torch.cat(dvi[::-1], dim=2) if has_value_input else None
+        return du, dq, db_eta, db_alpha, d_state, d_carry, None, None, None, None, None, None, None, dvi, None
 
 
 def _follows(row_ends, position, state):
@@ -382,6 +400,9 @@ def chunk_self_referential_gated_delta_rule(
     self_referential: bool = True,
     detach_values: bool = False,
     row_ends: torch.Tensor | None = None,
+    *,
+    v: torch.Tensor | None = None,
+    normalize_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments.
 
@@ -390,17 +411,19 @@ def chunk_self_referential_gated_delta_rule(
     if torch._C._are_functorch_transforms_active():
         return scan_chunks(
             u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, chunk_offset,
-            attention_mask, self_referential, detach_values, segment_fn=delta_rule_chunk, row_ends=row_ends,
+            attention_mask, self_referential, detach_values, segment_fn=delta_rule_chunk, row_ends=row_ends, v=v,
+            normalize_values=normalize_values,
         )
-    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
+    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset, v)
     in_dtype, dtype = u.dtype, compute_dtype(u)
     u_h, q_h = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
+    v_h = None if v is None else v.transpose(1, 2).to(dtype)
     state = initial_state.to(dtype)
     chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
     mask = None if attention_mask is None else attention_mask.to(torch.bool)
     o, state, chunk_state = ChunkScan.apply(
         u_h, q_h, b_eta.to(dtype), b_alpha.to(dtype), state, chunk_state, mask, row_ends, chunk_size, eta_max,
-        chunk_offset, self_referential, detach_values,
+        chunk_offset, self_referential, detach_values, v_h, normalize_values,
     )
     return o.transpose(1, 2).to(in_dtype), state, chunk_state
 

@@ -37,11 +37,15 @@ def project(
     b_alpha: torch.Tensor,
     eta_max: float,
     attention_mask: torch.Tensor | None = None,
+    value_input: torch.Tensor | None = None,
+    normalize_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keys, values, learning rates and decays produced by the memories themselves (Eq 90).
 
     u: (B, H, L, d) memory input; chunk_state: (B, H, d, 3d+2) state at the start of the chunk;
-    b_eta, b_alpha: (H,) biases; attention_mask: (B, L), 0 marks padding.
+    b_eta, b_alpha: (H,) biases; attention_mask: (B, L), 0 marks padding; value_input: (B, H, L, d)
+    the value memory's own input, or None for u (Eq 90: one input for every memory);
+    normalize_values: l2-normalise v (keeps the self-feedback bounded).
     Returns k (B,H,L,d), v (B,H,L,d), eta (B,H,L), alpha (B,H,L).
     Padded positions get eta = 0 and alpha = 1, so they leave the state untouched.
     """
@@ -49,7 +53,12 @@ def project(
     mem = memory_slices(d)
     read = u @ chunk_state  # (B, H, L, 3d+2): every memory applied to u at once
     k = F.normalize(u + read[..., mem["key"]], dim=-1)
-    v = F.normalize(u + read[..., mem["value"]], dim=-1)  # normalised: keeps the self-feedback bounded
+    if value_input is None:
+        v = u + read[..., mem["value"]]
+    else:
+        v = value_input + value_input @ chunk_state[..., mem["value"]]
+    if normalize_values:
+        v = F.normalize(v, dim=-1)
     eta = eta_max * torch.sigmoid(read[..., mem["eta"]].squeeze(-1) + b_eta[:, None])
     alpha = torch.sigmoid(read[..., mem["alpha"]].squeeze(-1) + b_alpha[:, None])
     if attention_mask is not None:
@@ -85,16 +94,18 @@ def check_inputs(
     attention_mask: torch.Tensor | None,
     chunk_size: int,
     chunk_offset: int,
+    v: torch.Tensor | None = None,
 ) -> None:
     """Shape and dtype checks at op entry; errors name the argument and what is allowed."""
     if u.dim() != 4:
         raise ValueError(f"u must have shape (batch, seq_len, heads, head_dim), got {tuple(u.shape)}")
     if u.shape[1] < 1:
         raise ValueError("u must hold at least one token (seq_len >= 1)")
-    if q.shape != u.shape:
-        raise ValueError(f"q must have the shape of u {tuple(u.shape)}, got {tuple(q.shape)}")
-    for name, t in (("u", u), ("q", q), ("initial_state", initial_state)):
-        if not t.is_floating_point():
+    for name, t in (("q", q), ("v", v)):
+        if t is not None and t.shape != u.shape:
+            raise ValueError(f"{name} must have the shape of u {tuple(u.shape)}, got {tuple(t.shape)}")
+    for name, t in (("u", u), ("q", q), ("v", v), ("initial_state", initial_state)):
+        if t is not None and not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     B, _, H, d = u.shape
     expected = (B, H, d, state_width(d))
@@ -141,6 +152,8 @@ def scan_chunks(
     segment_fn,
     whole_sequence_if_static: bool = False,
     row_ends: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    normalize_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run chunks in sequence; within a chunk, ``segment_fn`` evaluates the gated delta rule.
 
@@ -151,9 +164,10 @@ def scan_chunks(
     from ``initial_chunk_state``, and ``whole_sequence_if_static`` lets a kernel take the
     whole sequence in one call.
     """
-    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
+    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset, v)
     in_dtype, dtype = u.dtype, compute_dtype(u)
     u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
+    v = None if v is None else v.transpose(1, 2).to(dtype)
     b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
     T = u.shape[2]
 
@@ -169,8 +183,10 @@ def scan_chunks(
         if self_referential and start > 0:
             chunk_state = follow_boundary(row_ends, start, state, chunk_state)
         mask = None if attention_mask is None else attention_mask[:, start:end]
-        k, v, eta, alpha = project(u[:, :, start:end], chunk_state, b_eta, b_alpha, eta_max, mask)
-        w = memory_targets(k, v, chunk_state, detach_values)
+        value_input = None if v is None else v[:, :, start:end]
+        k, values, eta, alpha = project(u[:, :, start:end], chunk_state, b_eta, b_alpha, eta_max, mask, value_input,
+                                        normalize_values)
+        w = memory_targets(k, values, chunk_state, detach_values)
         q_chunk = q[:, :, start:end]
         read, state = segment_fn(q_chunk, k, w, eta, alpha, state)
         outputs.append(q_chunk + read)

@@ -46,6 +46,9 @@ def fla_self_referential_gated_delta_rule(
     detach_values: bool = False,
     gated_delta_rule_fn=None,
     row_ends: torch.Tensor | None = None,
+    *,
+    v: torch.Tensor | None = None,
+    normalize_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See ``hope_hf.ops.self_referential_gated_delta_rule``. With ``self_referential=False``
     the whole sequence is one kernel call."""
@@ -57,5 +60,6 @@ def fla_self_referential_gated_delta_rule(
     return scan_chunks(
         u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, chunk_offset,
         attention_mask, self_referential, detach_values,
-        segment_fn=_fla_chunk_fn(gated_delta_rule_fn), whole_sequence_if_static=True, row_ends=row_ends,
+        segment_fn=_fla_chunk_fn(gated_delta_rule_fn), whole_sequence_if_static=True, row_ends=row_ends, v=v,
+        normalize_values=normalize_values,
     )

@@ -2,7 +2,7 @@
 
 For each token t (Eq 90 and 93; docs/design.md, "Self-referential Titans memory"), with S_c the
 state at the start of t's chunk:
-    k, v, eta, alpha = projections of u_t by the memories in S_c
+    k, v, eta, alpha = projections of u_t by the memories in S_c (v of v_t, if given)
     w_t = M(v_t) - [square ? k_t : 0]               (self-generated targets, from S_c)
     S_t = (alpha_t I - eta_t k_t k_t^T) S_{t-1} + eta_t k_t w_t^T
     o_t = q_t + q_t^T S_t[:, mem]                    (read-out after the update)
@@ -27,11 +27,15 @@ def naive_self_referential_gated_delta_rule(
     self_referential: bool = True,
     detach_values: bool = False,
     row_ends: torch.Tensor | None = None,
+    *,
+    v: torch.Tensor | None = None,
+    normalize_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
-    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset)
+    check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset, v)
     in_dtype, dtype = u.dtype, compute_dtype(u)
     u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
+    value_input = None if v is None else v.transpose(1, 2).to(dtype)
     b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
     T, d = u.shape[2], u.shape[3]
     mem = memory_slices(d)["memory"]
@@ -44,8 +48,9 @@ def naive_self_referential_gated_delta_rule(
             chunk_state = follow_boundary(row_ends, t, state, chunk_state)
         u_t, q_t = u[:, :, t : t + 1], q[:, :, t : t + 1]  # (B, H, 1, d)
         mask_t = None if attention_mask is None else attention_mask[:, t : t + 1]
-        k, v, eta, alpha = project(u_t, chunk_state, b_eta, b_alpha, eta_max, mask_t)
-        w = memory_targets(k, v, chunk_state, detach_values)  # (B, H, 1, 3d+2)
+        v_t = None if value_input is None else value_input[:, :, t : t + 1]
+        k, values, eta, alpha = project(u_t, chunk_state, b_eta, b_alpha, eta_max, mask_t, v_t, normalize_values)
+        w = memory_targets(k, values, chunk_state, detach_values)  # (B, H, 1, 3d+2)
         eta, alpha = eta[..., None], alpha[..., None]  # (B, H, 1, 1)
         k_col = k.transpose(-1, -2)  # (B, H, d, 1)
         state = alpha * state - eta * k_col @ (k @ state) + eta * k_col @ w
