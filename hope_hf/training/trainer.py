@@ -174,11 +174,14 @@ def evaluate(model, loader, accelerator, max_batches: int) -> float:
 
 
 def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=None,
-          other_eval_datasets: dict | None = None) -> TrainerState:
+          other_eval_datasets: dict | None = None, loss_fn=None) -> TrainerState:
     """Train ``model`` and save it (with the tokenizer) to ``output_dir/final``.
 
     ``other_eval_datasets`` ({name: blocks}, e.g. old domains): evaluated whenever
-    ``eval_dataset`` is, logged as ``{"eval_perplexity_other": {name: perplexity}}``."""
+    ``eval_dataset`` is, logged as ``{"eval_perplexity_other": {name: perplexity}}``.
+    ``loss_fn(model, input_ids)``: the training loss of a batch (e.g. a distillation loss; it gets
+    the prepared model); by default the model's next-token loss. Evaluations are always the
+    next-token perplexity."""
     if config.resume_from == "auto":
         resume_dir = latest_checkpoint(config.output_dir)
         print(f"resume auto: {'from ' + str(resume_dir) if resume_dir else 'no complete checkpoint, starting at step 0'}")
@@ -284,7 +287,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
             batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             for batch in batches:
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=batch, labels=batch).loss
+                    loss = model(input_ids=batch, labels=batch).loss if loss_fn is None else loss_fn(model, batch)
                     accelerator.backward(loss)
                     window.append(loss.detach())
                     nonfinite |= ~torch.isfinite(loss.detach())
