@@ -16,6 +16,8 @@ the teacher's own hidden states; ``LogitDistillation`` (b): KL divergence to the
 next-token distribution.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,13 +143,19 @@ def train_only(model: nn.Module, parameters: list[nn.Parameter]) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def bf16_autocast(enabled: bool, device: torch.device):
+    """torch.autocast to bf16 on ``device`` when enabled, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 class LayerMatching:
     """Stage (a) loss: the mean over titans layers of ||mixer(x) - attention(x)||^2 / ||attention(x)||^2,
     with x and attention(x) the teacher's own input to and output of that layer's attention on the
-    batch (forward hooks on the teacher, removed by ``close()``). Call as ``loss(student, input_ids)``."""
+    batch (forward hooks on the teacher, removed by ``close()``). Call as ``loss(student, input_ids)``.
+    ``bf16``: teacher and mixers under bf16 autocast (the loss in fp32)."""
 
-    def __init__(self, teacher, layers: list[int]):
-        self.teacher, self.layers, self.captured = teacher.eval(), list(layers), {}
+    def __init__(self, teacher, layers: list[int], bf16: bool = False):
+        self.teacher, self.layers, self.captured, self.bf16 = teacher.eval(), list(layers), {}, bf16
         self.hooks = [teacher.model.layers[i].self_attn.register_forward_hook(self._capture(i), with_kwargs=True)
                       for i in self.layers]
 
@@ -159,31 +167,33 @@ class LayerMatching:
     def _capture(self, layer: int):
         def hook(module, args, kwargs, output):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            self.captured[layer] = (hidden.detach(), output[0].detach())
+            self.captured[layer] = (hidden.detach().float(), output[0].detach().float())
         return hook
 
     def __call__(self, student, input_ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.bf16, input_ids.device):
             self.teacher.model(input_ids=input_ids)
         losses = []
         for i in self.layers:
             hidden, target = self.captured.pop(i)
-            out = student.model.layers[i].mixer(hidden)
-            losses.append((out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12))
+            with bf16_autocast(self.bf16, input_ids.device):
+                out = student.model.layers[i].mixer(hidden)
+            losses.append((out.float() - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12))
         return torch.stack(losses).mean()
 
 
 class LogitDistillation:
     """Stage (b) loss: KL(teacher || student) of the next-token distributions, mean over tokens,
-    at ``temperature`` (scaled by its square, as in Hinton et al.). Call as ``loss(student, input_ids)``."""
+    at ``temperature`` (scaled by its square, as in Hinton et al.). Call as ``loss(student, input_ids)``.
+    ``bf16``: the teacher under bf16 autocast (the student's precision is its trainer's)."""
 
-    def __init__(self, teacher, temperature: float = 1.0):
+    def __init__(self, teacher, temperature: float = 1.0, bf16: bool = False):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.teacher, self.temperature = teacher.eval(), temperature
+        self.teacher, self.temperature, self.bf16 = teacher.eval(), temperature, bf16
 
     def __call__(self, student, input_ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), bf16_autocast(self.bf16, input_ids.device):
             teacher_logits = self.teacher(input_ids=input_ids).logits
         student_logits = student(input_ids=input_ids).logits
         t = self.temperature

@@ -55,6 +55,8 @@ def parse_args(argv=None):
                         help="stage (b) trains every parameter or only the titans mixers")
     parser.add_argument("--temperature", type=float, default=1.0, help="stage (b) softmax temperature")
     parser.add_argument("--chunk-size", type=int, default=64, help="titans_chunk_size of the student")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"],
+                        help="bf16 autocast for teacher and student (weights and the titans state stay fp32)")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-batches", type=int, default=4, help="validation batches per evaluation along training")
@@ -78,7 +80,7 @@ def stage_config(args, stage: str, steps: int, learning_rate: float) -> Training
     return TrainingConfig(output_dir=str(Path(args.output_dir) / stage), max_steps=steps, batch_size=args.batch_size,
                           learning_rate=learning_rate, weight_decay=0.0, warmup_steps=min(args.warmup_steps, steps - 1),
                           eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
-                          seed=args.seed, resume_from="auto" if args.resume else None,
+                          seed=args.seed, resume_from="auto" if args.resume else None, mixed_precision=args.mixed_precision,
                           stop_after_steps=args.stop_after_steps)
 
 
@@ -116,7 +118,7 @@ def main(argv=None) -> dict | None:
         if titans_layers and args.match_steps:
             trainable = train_only(student, titans_mixer_parameters(student))
             stamp(f"stage (a): {trainable:,} parameters of the titans mixers learn their layers' attention outputs")
-            matching = LayerMatching(teacher, titans_layers)
+            matching = LayerMatching(teacher, titans_layers, bf16=args.mixed_precision == "bf16")
             state = train(student, train_blocks, validation, stage_config(args, "match", args.match_steps, args.match_lr),
                           tokenizer, loss_fn=matching)
             matching.close()
@@ -128,7 +130,7 @@ def main(argv=None) -> dict | None:
         trainable = train_only(student, parameters)
         stamp(f"stage (b): {trainable:,} parameters learn the teacher's next-token distribution")
         state = train(student, train_blocks, validation, stage_config(args, "distill", args.distill_steps, args.distill_lr),
-                      tokenizer, loss_fn=LogitDistillation(teacher, args.temperature))
+                      tokenizer, loss_fn=LogitDistillation(teacher, args.temperature, bf16=args.mixed_precision == "bf16"))
         histories["distill"] = state.history
         if state.step < args.distill_steps:
             return None

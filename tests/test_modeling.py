@@ -188,6 +188,23 @@ def test_bf16_model_runs_with_fp32_memory_state(name):
     assert model.generate(ids[:, :5], max_new_tokens=6, do_sample=False).shape == (2, 11)
 
 
+@pytest.mark.parametrize("name", ["titans", "hybrid"])
+def test_bf16_autocast_training_step_keeps_the_recurrence_in_fp32(name):
+    """Mixed precision as accelerate applies it (autocast): the titans op runs outside autocast,
+    so its hand-written backward sees fp32 throughout; gradients are finite and close to fp32's."""
+    model = tiny_model(**CONFIGS[name]).train()
+    ids = random_ids(2, 13)
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.isfinite(grads[1]).all()
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
 @pytest.mark.parametrize("name", ["titans", "titans_static", "titans_value_input"])
 def test_aligned_batch_equals_per_row_at_different_chunk_phases(name):
     """The titans mixer's one-call path for ragged batches (each row placed at its own chunk

@@ -1,3 +1,5 @@
+import torch
+
 from .chunk import chunk_self_referential_gated_delta_rule, use_compiled_chunks
 from .fla_bridge import fla_self_referential_gated_delta_rule
 from .naive import naive_self_referential_gated_delta_rule
@@ -66,7 +68,8 @@ def self_referential_gated_delta_rule(
         extra.update(v=v, normalize_values=normalize_values)
     if extra and u.is_cuda:  # the fused kernels take none of these
         kernel = fla_self_referential_gated_delta_rule
-    return kernel(
-        u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
-        chunk_offset, attention_mask, self_referential, detach_values, **extra,
-    )
+    with torch.autocast(u.device.type, enabled=False):  # the recurrence runs in its compute dtype, autocast or not
+        return kernel(
+            u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
+            chunk_offset, attention_mask, self_referential, detach_values, **extra,
+        )
