@@ -87,3 +87,32 @@ def test_bench_reliability_measures_every_check_against_a_step(tmp_path, monkeyp
     for run in saved["runs"]:
         assert 0 < run["checks_s"] < run["step_s"] and 0 < run["nonfinite_flag_s"] < run["step_s"]
         assert run["checks_vs_step"] == run["checks_s"] / run["step_s"] and run["hash_checkpoint_s"] > 0
+
+
+def test_bench_long_context_prefills_in_pieces_exactly_and_measures_every_model(tmp_path, monkeypatch):
+    import torch
+
+    from evaluation.benchmarks import bench_long_context as bench
+
+    monkeypatch.chdir(tmp_path)
+    payload = bench.main(["--lengths", "80", "32", "--llama-max-len", "32", "--prefill-chunk", "24", "--decode-steps", "2",
+                          "--repeats", "1", "--hidden-size", "64", "--num-layers", "2", "--vocab-size", "97",
+                          "--target-non-embedding", "150000"])
+    check_header(tmp_path / "outputs" / "bench_long_context.json", "bench_long_context")
+    rows = {(r["model"], r["length"]): r for r in payload["rows"]}
+    assert set(rows) == {("hope_titans", 32), ("hope_hybrid", 32), ("llama", 32), ("hope_titans", 80), ("hope_hybrid", 80)}
+    assert rows["hope_titans", 32]["cache_bytes"] == rows["hope_titans", 80]["cache_bytes"]  # O(1) in the prompt
+    assert rows["hope_hybrid", 80]["cache_bytes"] > rows["hope_hybrid", 32]["cache_bytes"]  # its attention layer's KV
+    assert all(r["prefill_s"] > 0 and r["decode_ms_median"] > 0 and r["peak_memory_bytes"] >= 0 for r in rows.values())
+
+    # reading the prompt in pieces through the cache gives the logits of one forward over it
+    shape = bench.ModelShape(hidden_size=64, num_layers=2, num_heads=1, vocab_size=97, block_size=80,
+                             target_non_embedding=150000, titans_chunk_size=16)
+    ids = torch.randint(3, 97, (1, 53))
+    for name in bench.MODELS:
+        model = bench.build_model(name, shape, 96).eval()
+        cache, last = bench.prefill(model, ids, 20)
+        with torch.no_grad():
+            torch.testing.assert_close(last, model(ids).logits[:, -1], atol=1e-5, rtol=1e-5)
+        if name == "hope_titans":  # two layers, each a conv state (2 inputs x 64 channels x 3) and 2 states (1 x 64 x 194)
+            assert bench.cache_bytes(cache) == 4 * 2 * (2 * 64 * 3 + 2 * 64 * 194)
