@@ -75,6 +75,19 @@ def test_greedy_generate_same_with_and_without_cache(name):
     assert torch.equal(with_cache, without_cache)
 
 
+@pytest.mark.parametrize("name", ["titans", "hybrid_sliding", "attention"])
+def test_chunked_prefill_generates_what_one_prefill_does(name):
+    """transformers' prefill_chunk_size (the prompt read in pieces through the cache), on a
+    left-padded batch whose pieces cross the titans chunk boundaries (chunk 4, pieces of 7)."""
+    model = tiny_model(**CONFIGS[name])
+    prompt = random_ids(2, 30)
+    mask = torch.ones_like(prompt)
+    mask[1, :5] = 0
+    whole = model.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    pieces = model.generate(prompt, attention_mask=mask, max_new_tokens=8, do_sample=False, prefill_chunk_size=7)
+    assert torch.equal(pieces, whole)
+
+
 @pytest.mark.parametrize("name", ["titans", "hybrid"])
 def test_generate_continues_from_a_filled_cache(name):
     """New tokens only, with a mask over the cached and new tokens (the form transformers continues

@@ -578,12 +578,18 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
 
     def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
         """GenerationMixin.generate, after the checks of ``forward`` on the prompt: transformers'
-        own errors for a bad prompt or mask name neither."""
+        own errors for a bad prompt or mask name neither. With ``prefill_chunk_size`` the prompt
+        is read in pieces of that many tokens through a HopeCache made here (transformers' chunked
+        prefill needs a cache before the first forward)."""
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(ids, torch.Tensor) and not ids.is_floating_point():
             cache = kwargs.get(CACHE_ARG)
             past = cache.get_seq_length() if isinstance(cache, HopeCache) else 0
             check_model_inputs(self.config, ids, None, kwargs.get("attention_mask"), past)
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        chunked = kwargs.get("prefill_chunk_size", getattr(generation_config, "prefill_chunk_size", None))
+        if chunked and kwargs.get(CACHE_ARG) is None and kwargs.get("use_cache", generation_config.use_cache):
+            kwargs[CACHE_ARG] = HopeCache(config=self.config)
         return super().generate(inputs, *args, **kwargs)
 
     @accepts_past_key_values
