@@ -17,6 +17,8 @@ cache MB against the prompt length.
     python -m evaluation.benchmarks.bench_long_context --lengths 1024 16384 65536 262144 --million
 """
 
+import ctypes
+import ctypes.util
 import os
 import threading
 import time
@@ -32,13 +34,23 @@ from hope_hf.transformers_compat import CACHE_ARG, output_cache
 MODELS = ("hope_titans", "hope_hybrid", "llama")
 
 
+def release_free_memory() -> None:
+    """Give the C allocator's free memory back to the OS (glibc's malloc_trim), so that what a
+    model needs next shows as new resident memory rather than reused pages; a no-op elsewhere."""
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
 class PeakMemory:
-    """The peak resident memory of this process above its level at entry (bytes), sampled."""
+    """The peak resident memory of this process above its level at entry (bytes), sampled; the
+    allocator's free memory is released first (``release_free_memory``)."""
 
     def __init__(self, every_s: float = 0.005):
         self.every_s, self.process, self.peak = every_s, psutil.Process(os.getpid()), 0
 
     def __enter__(self):
+        release_free_memory()
         self.base = self.process.memory_info().rss
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
