@@ -133,3 +133,27 @@ def test_callback_on_a_lora_model_schedules_only_the_lora_level_weights(tmp_path
     assert held and all(".lora_" in name for name in held)
     assert callback.schedule.step_count == STEPS
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_trainer_trains_packed_rows_from_data_collator_with_flattening(tmp_path):
+    """transformers' DataCollatorWithFlattening packs a batch into one row with position_ids that
+    restart and labels -100 at every sequence start: the loss of the packed row is the token-weighted
+    mean of the sequences' own losses, and the Trainer trains on it."""
+    from transformers import DataCollatorWithFlattening
+
+    model = initial_model().double()
+    generator = torch.Generator().manual_seed(3)
+    features = [{"input_ids": torch.randint(2, 101, (n,), generator=generator).tolist()} for n in (6, 13, 9, 2)]
+    batch = DataCollatorWithFlattening()(features)
+    assert batch["input_ids"].shape == (1, 30) and batch["position_ids"][0, 6] == 0
+    packed = model(**batch).loss
+    losses = [(model(torch.tensor([f["input_ids"]]), labels=torch.tensor([f["input_ids"]])).loss, len(f["input_ids"]) - 1)
+              for f in features]
+    expected = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    torch.testing.assert_close(packed, expected, atol=1e-6, rtol=0)  # transformers computes the loss in fp32
+
+    model = initial_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = training_arguments(tmp_path, max_steps=2, gradient_accumulation_steps=1, remove_unused_columns=False)
+    Trainer(model=model, args=args, train_dataset=features * 2, data_collator=DataCollatorWithFlattening()).train()
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))

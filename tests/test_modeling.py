@@ -88,6 +88,34 @@ def test_chunked_prefill_generates_what_one_prefill_does(name):
     assert torch.equal(pieces, whole)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_packed_rows_give_the_logits_and_gradients_of_their_sequences_alone(name):
+    """Sequences packed into rows with position_ids that restart (as DataCollatorWithFlattening
+    gives): titans memory and conv start afresh at every sequence, attention sees a block-diagonal
+    mask. Two rows of different splits, lengths that cross the chunk (4) anywhere; fp64."""
+    model = tiny_model(**CONFIGS[name]).double()
+    splits = [[5, 11, 7], [1, 13, 9]]
+    docs = [[random_ids(1, n) for n in row] for row in splits]
+    ids = torch.cat([torch.cat(row, 1) for row in docs])
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in splits])
+    weights = torch.randn(2, 23, model.config.vocab_size, dtype=torch.float64)
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    packed = model(ids, position_ids=positions).logits  # eval mode: the cache is left out for packed rows
+    packed_grads = gradients((packed * weights).sum())
+    alone = torch.cat([torch.cat([model(d, use_cache=False).logits for d in row], 1) for row in docs])
+    alone_grads = gradients((alone * weights).sum())
+    torch.testing.assert_close(packed, alone, atol=1e-12, rtol=0)
+    for n, g in alone_grads.items():
+        torch.testing.assert_close(packed_grads[n], g, atol=1e-11, rtol=0, msg=n)
+    with pytest.raises(ValueError, match="use_cache=False"):
+        model(ids, position_ids=positions, use_cache=True)
+
+
 @pytest.mark.parametrize("name", ["titans", "hybrid"])
 def test_generate_continues_from_a_filled_cache(name):
     """New tokens only, with a mask over the cached and new tokens (the form transformers continues

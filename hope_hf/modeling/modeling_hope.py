@@ -13,6 +13,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import (
+    find_packed_sequence_indices,
     create_causal_mask,
     create_recurrent_attention_mask,
     create_sliding_window_causal_mask,
@@ -240,11 +241,19 @@ class HopeTitansMixer(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        packed_sequences: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """``packed_sequences`` (B, T): the index of the sequence (document) each token belongs to
+        within its row, from position_ids that restart (transformers' find_packed_sequence_indices);
+        every sequence then starts from the initial memory and an empty conv window."""
         B, T, _ = hidden_states.shape
         projections = (self.u_proj, self.q_proj) if self.v_proj is None else (self.u_proj, self.q_proj, self.v_proj)
         projected = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
+        if packed_sequences is not None:
+            o = self._packed(projected, packed_sequences)
+            gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
+            return self.o_proj((self.o_norm(o) * gate).reshape(B, T, -1))
         init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
         state, chunk_state, seen = init_state, init_state, None
@@ -348,6 +357,26 @@ class HopeTitansMixer(nn.Module):
         o = (flat * real[..., None]).view(B, T, self.num_heads, self.head_dim)
         return o, new_conv, state, chunk_state
 
+    def _packed(self, projected, sequences):
+        """Every packed sequence as a row of its own, right-padded, in one batched call from fresh
+        states; the outputs go back to the packed positions. projected: (B, T, n*H*d); sequences:
+        (B, T) sequence index within the row. Returns o (B, T, H, d)."""
+        B, T, width = projected.shape
+        # a global id per (row, sequence); ids only grow along a row, so each one is a contiguous run
+        ids = sequences + torch.arange(B, device=projected.device)[:, None] * (int(sequences.max()) + 1)
+        _, lengths = torch.unique_consecutive(ids.flatten(), return_counts=True)
+        starts = lengths.cumsum(0) - lengths
+        N, L = lengths.numel(), int(lengths.max())
+        j = torch.arange(L, device=projected.device)[None, :]
+        valid = j < lengths[:, None]  # (N, L)
+        source = (starts[:, None] + j).clamp(max=B * T - 1)  # flat packed position of row n's token j
+        rows = projected.reshape(B * T, width)[source] * valid[..., None]
+        state = self.initial_state.unsqueeze(0).expand(N, -1, -1, -1)
+        conv_state = projected.new_zeros(N, width, self.conv1d.kernel_size[0] - 1)
+        o, *_ = self._memory(rows, conv_state, state, state, 0, valid)
+        flat = o.new_zeros(B * T, self.num_heads, self.head_dim).index_put((source[valid],), o[valid])
+        return flat.view(B, T, self.num_heads, self.head_dim)
+
     def _decode_step(self, projected, conv_state, state, chunk_state, seen, mask):
         """One token per row; rows may sit at different positions in their chunk."""
         valid = torch.ones_like(seen, dtype=torch.bool) if mask is None else mask[:, -1].bool()
@@ -400,8 +429,10 @@ class HopeDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         mixer_in = self.mixer_norm(hidden_states)
         if self.layer_type == "linear_attention":
-            mixed = self.mixer(mixer_in, attention_mask=attention_mask, cache=cache)
+            mixed = self.mixer(mixer_in, attention_mask=attention_mask, cache=cache,
+                               packed_sequences=kwargs.pop("packed_sequences", None))
         else:
+            kwargs.pop("packed_sequences", None)  # attention gets the block-diagonal mask instead
             mixed, _ = self.mixer(  # LlamaAttention: its weights are recorded by a hook (output_attentions)
                 mixer_in, position_embeddings=position_embeddings, attention_mask=attention_mask,
                 **{CACHE_ARG: cache}, **kwargs,
@@ -483,6 +514,14 @@ class HopeModel(HopePreTrainedModel):
                            cache.get_seq_length() if cache is not None else 0)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        packed = None  # sequences packed into rows: position_ids that restart, no mask, no cache (as transformers' masks)
+        if position_ids is not None and attention_mask is None and cache is None:
+            packed = find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1))
+        if packed is not None:
+            if use_cache:
+                raise ValueError("position_ids that restart (sequences packed into a row) cannot be read into a cache: "
+                                 "pass use_cache=False")
+            use_cache = False
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if not use_cache:
             cache = None
@@ -519,6 +558,7 @@ class HopeModel(HopePreTrainedModel):
                 attention_mask=masks[layer.layer_type],
                 position_embeddings=position_embeddings,
                 cache=cache,
+                packed_sequences=packed,
                 **kwargs,
             )
         if cache is not None:
