@@ -21,10 +21,12 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.masking_utils import find_packed_sequence_indices
 
 from .configuration import HopeConfig
 from .modeling import HopeForCausalLM
 from .modeling.llama_loading import load_llama
+from .training.trainer import document_inputs
 
 
 def attention_layers(spec: str | None, num_layers: int) -> list[int]:
@@ -152,10 +154,12 @@ class LayerMatching:
     """Stage (a) loss: the mean over titans layers of ||mixer(x) - attention(x)||^2 / ||attention(x)||^2,
     with x and attention(x) the teacher's own input to and output of that layer's attention on the
     batch (forward hooks on the teacher, removed by ``close()``). Call as ``loss(student, input_ids)``.
-    ``bf16``: teacher and mixers under bf16 autocast (the loss in fp32)."""
+    ``bf16``: teacher and mixers under bf16 autocast (the loss in fp32). ``eos_token_id``: every
+    document of a block read alone, by teacher and student (``document_inputs``)."""
 
-    def __init__(self, teacher, layers: list[int], bf16: bool = False):
+    def __init__(self, teacher, layers: list[int], bf16: bool = False, eos_token_id: int | None = None):
         self.teacher, self.layers, self.captured, self.bf16 = teacher.eval(), list(layers), {}, bf16
+        self.eos_token_id = eos_token_id
         self.hooks = [teacher.model.layers[i].self_attn.register_forward_hook(self._capture(i), with_kwargs=True)
                       for i in self.layers]
 
@@ -171,13 +175,15 @@ class LayerMatching:
         return hook
 
     def __call__(self, student, input_ids: torch.Tensor) -> torch.Tensor:
+        position_ids = document_inputs(input_ids, self.eos_token_id).get("position_ids")
         with torch.no_grad(), bf16_autocast(self.bf16, input_ids.device):
-            self.teacher.model(input_ids=input_ids)
+            self.teacher.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        packed = None if position_ids is None else find_packed_sequence_indices(position_ids)
         losses = []
         for i in self.layers:
             hidden, target = self.captured.pop(i)
             with bf16_autocast(self.bf16, input_ids.device):
-                out = student.model.layers[i].mixer(hidden)
+                out = student.model.layers[i].mixer(hidden, packed_sequences=packed)
             losses.append((out.float() - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12))
         return torch.stack(losses).mean()
 
@@ -185,17 +191,20 @@ class LayerMatching:
 class LogitDistillation:
     """Stage (b) loss: KL(teacher || student) of the next-token distributions, mean over tokens,
     at ``temperature`` (scaled by its square, as in Hinton et al.). Call as ``loss(student, input_ids)``.
-    ``bf16``: the teacher under bf16 autocast (the student's precision is its trainer's)."""
+    ``bf16``: the teacher under bf16 autocast (the student's precision is its trainer's).
+    ``eos_token_id``: every document of a block read alone, by teacher and student."""
 
-    def __init__(self, teacher, temperature: float = 1.0, bf16: bool = False):
+    def __init__(self, teacher, temperature: float = 1.0, bf16: bool = False, eos_token_id: int | None = None):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.teacher, self.temperature, self.bf16 = teacher.eval(), temperature, bf16
+        self.eos_token_id = eos_token_id
 
     def __call__(self, student, input_ids: torch.Tensor) -> torch.Tensor:
+        position_ids = document_inputs(input_ids, self.eos_token_id).get("position_ids")
         with torch.no_grad(), bf16_autocast(self.bf16, input_ids.device):
-            teacher_logits = self.teacher(input_ids=input_ids).logits
-        student_logits = student(input_ids=input_ids).logits
+            teacher_logits = self.teacher(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        student_logits = student(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
         t = self.temperature
         kl = F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
                       log_target=True, reduction="none").sum(-1)

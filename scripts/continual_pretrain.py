@@ -120,7 +120,8 @@ def main():
           f"{len(new_train)} {new_domain} blocks of {args.block_size} tokens; {args.eval_blocks} validation blocks per domain "
           f"for the curves; test split for before/after: " + ", ".join(f"{n} {t:,} tokens" for n, t in test_tokens.items()))
 
-    measure = lambda blocks: {name: perplexity(model, b, math.ceil(len(b) / args.batch_size), args.batch_size)
+    measure = lambda blocks: {name: perplexity(model, b, math.ceil(len(b) / args.batch_size), args.batch_size,  # noqa: E731
+                                               tokenizer.eos_token_id)
                               for name, b in blocks.items()}
     before = measure(test) if not args.resume_from else None
     before_validation = measure(validation) if not args.resume_from else None

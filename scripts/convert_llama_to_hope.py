@@ -84,8 +84,8 @@ def stage_config(args, stage: str, steps: int, learning_rate: float) -> Training
                           stop_after_steps=args.stop_after_steps)
 
 
-def test_perplexities(model, test: dict, args) -> dict:
-    return {name: perplexity(model, blocks, -(-args.test_blocks // args.batch_size), args.batch_size)
+def test_perplexities(model, test: dict, args, eos_token_id: int | None) -> dict:
+    return {name: perplexity(model, blocks, -(-args.test_blocks // args.batch_size), args.batch_size, eos_token_id)
             for name, blocks in test.items()}
 
 
@@ -118,7 +118,8 @@ def main(argv=None) -> dict | None:
         if titans_layers and args.match_steps:
             trainable = train_only(student, titans_mixer_parameters(student))
             stamp(f"stage (a): {trainable:,} parameters of the titans mixers learn their layers' attention outputs")
-            matching = LayerMatching(teacher, titans_layers, bf16=args.mixed_precision == "bf16")
+            matching = LayerMatching(teacher, titans_layers, bf16=args.mixed_precision == "bf16",
+                                     eos_token_id=tokenizer.eos_token_id)
             state = train(student, train_blocks, validation, stage_config(args, "match", args.match_steps, args.match_lr),
                           tokenizer, loss_fn=matching)
             matching.close()
@@ -130,12 +131,14 @@ def main(argv=None) -> dict | None:
         trainable = train_only(student, parameters)
         stamp(f"stage (b): {trainable:,} parameters learn the teacher's next-token distribution")
         state = train(student, train_blocks, validation, stage_config(args, "distill", args.distill_steps, args.distill_lr),
-                      tokenizer, loss_fn=LogitDistillation(teacher, args.temperature, bf16=args.mixed_precision == "bf16"))
+                      tokenizer, loss_fn=LogitDistillation(teacher, args.temperature, bf16=args.mixed_precision == "bf16",
+                                                           eos_token_id=tokenizer.eos_token_id))
         histories["distill"] = state.history
         if state.step < args.distill_steps:
             return None
 
-    measured = {"teacher": test_perplexities(teacher, test, args), "student": test_perplexities(student, test, args)}
+    measured = {name: test_perplexities(model, test, args, tokenizer.eos_token_id)
+                for name, model in (("teacher", teacher), ("student", student))}
     stamp("test-split perplexity measured")
     print(f"\n{'test perplexity':<16}{'teacher':>10}{'student':>10}{'ratio':>8}")
     for name in test:

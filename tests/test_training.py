@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_bpe_tokenizer
-from helpers import requires_cpp_compiler, small_training_data
+from helpers import requires_cpp_compiler, small_training_data, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -256,3 +256,26 @@ def test_compile_chunks_trains_like_eager(tmp_path, data_and_tokenizer):
         runs[name] = losses(tmp_path / name)
     assert len(runs["eager"]) == 3
     assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)
+
+
+def test_document_inputs_read_every_document_of_a_block_alone():
+    """Blocks of documents packed with an EOS after each: position_ids restart after every EOS, the
+    first token of each document is no label, and the loss is the documents' own (Hope and Llama)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hope_hf.training.trainer import document_inputs
+
+    eos = 2
+    docs = [[5, 6, 7, eos], [8, 9, 10, 11, 12, eos], [13, 14, 15]]
+    block = torch.tensor([sum(docs, [])])
+    inputs = document_inputs(block, eos)
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 0, 1, 2]]
+    assert inputs["labels"].tolist() == [[5, 6, 7, eos, -100, 9, 10, 11, 12, eos, -100, 14, 15]]
+    assert document_inputs(block) == {"input_ids": block, "labels": block}
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    for model in (tiny_model(mixer=["titans", "attention"]).double(), llama.double()):
+        alone = [(model(torch.tensor([d]), labels=torch.tensor([d])).loss, len(d) - 1) for d in docs]
+        expected = sum(loss * n for loss, n in alone) / sum(n for _, n in alone)
+        torch.testing.assert_close(model(**inputs).loss, expected, atol=1e-6, rtol=0)  # transformers' loss is fp32

@@ -216,6 +216,7 @@ def run_one(strategy: str, lr: float, seed: int, llama, tokenizer, train_blocks,
         output_dir=str(run_dir), max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=lr,
         warmup_steps=args.warmup_steps, cms_periods=cms_periods(strategy, args), eval_every=args.eval_every,
         eval_batches=math.ceil(args.eval_blocks / args.batch_size), save_every=0, seed=seed,
+        document_boundaries=False,  # blocks as one text, as the committed results were made (and `measure` reads them)
     )
     data = RecordingDataset(train_blocks)
     train_start, train_cpu = time.perf_counter(), time.process_time()

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..modeling.llama_loading import is_llama_cms_dir, load_tokenizer
 from ..modeling.modeling_llama_cms import LlamaCMSForCausalLM
 from ..optim.cms_levels import is_cms_module
-from .trainer import collate
+from .trainer import collate, document_inputs
 
 
 def new_levels(new_level_size: int, slow_level_period: int = 0) -> list[dict]:
@@ -60,13 +60,14 @@ def train_only_new_levels(model) -> int:
 
 
 @torch.no_grad()
-def perplexity(model, blocks, batches: int, batch_size: int) -> float:
+def perplexity(model, blocks, batches: int, batch_size: int, eos_token_id: int | None = None) -> float:
     """exp of the mean next-token loss over the first ``batches`` batches of ``blocks`` (blocks of
     one length: each batch weighs by its number of blocks, so a short last batch counts no more
-    than its blocks)."""
+    than its blocks); with ``eos_token_id`` each document of a block is read alone
+    (``trainer.document_inputs``)."""
     model.eval()
     with torch.inference_mode():
-        pairs = [(model(input_ids=b, labels=b).loss, len(b))
+        pairs = [(model(**document_inputs(b, eos_token_id)).loss, len(b))
                  for _, b in zip(range(batches), DataLoader(blocks, batch_size, collate_fn=collate))]
     return math.exp(sum(loss.item() * n for loss, n in pairs) / sum(n for _, n in pairs))
 

@@ -57,6 +57,7 @@ class TrainingConfig:
     resume_from: str | None = None  # a checkpoints/step_N folder, or "auto": the latest complete one, if any
     stop_after_steps: int | None = None  # stop early (as if preempted), for resume tests
     compile_chunks: bool = False  # hope_hf.ops.use_compiled_chunks for this process; long runs only (docs/kernels.md)
+    document_boundaries: bool = True  # each document in a block read alone (document_inputs); False: blocks as one text
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_batches", "log_every"):
@@ -160,15 +161,42 @@ def collate(blocks: list[dict]) -> torch.Tensor:
     return torch.stack([b["input_ids"] for b in blocks])
 
 
+def document_inputs(input_ids: torch.Tensor, eos_token_id: int | None = None) -> dict:
+    """A model's next-token inputs for blocks of documents packed with an EOS after each (pack_blocks).
+
+    With ``eos_token_id``, every document in a block is read alone: position_ids restart after each
+    EOS (Hope's titans layers start the next document from their initial memory, attention layers
+    get transformers' block-diagonal mask, which it builds only without a cache: use_cache=False)
+    and the first token of each document is no label (it would be predicted across the boundary).
+    Without, the block is one text."""
+    if eos_token_id is None:
+        return {"input_ids": input_ids, "labels": input_ids}
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == eos_token_id
+    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    position_ids = index - torch.where(starts, index, 0).cummax(-1).values
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": input_ids.masked_fill(starts, -100),
+            "use_cache": False}
+
+
+def eos_token_id(tokenizer, model) -> int | None:
+    """The EOS id that ends documents in packed blocks: the tokenizer's, else the model config's."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    return eos if isinstance(eos, int) else None
+
+
 @torch.no_grad()
-def evaluate(model, loader, accelerator, max_batches: int) -> float:
-    """Held-out perplexity: exp of the mean next-token loss over at most max_batches batches."""
+def evaluate(model, loader, accelerator, max_batches: int, eos: int | None = None) -> float:
+    """Held-out perplexity: exp of the mean next-token loss over at most max_batches batches
+    (documents read alone with ``eos``, see ``document_inputs``)."""
     model.eval()
     losses = []
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        losses.append(accelerator.gather(model(input_ids=batch, labels=batch).loss.detach()[None]).mean())
+        losses.append(accelerator.gather(model(**document_inputs(batch, eos)).loss.detach()[None]).mean())
     model.train()
     return math.exp(torch.stack(losses).mean().item())
 
@@ -180,7 +208,8 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
     ``other_eval_datasets`` ({name: blocks}, e.g. old domains): evaluated whenever
     ``eval_dataset`` is, logged as ``{"eval_perplexity_other": {name: perplexity}}``.
     ``loss_fn(model, input_ids)``: the training loss of a batch (e.g. a distillation loss; it gets
-    the prepared model); by default the model's next-token loss. Evaluations are always the
+    the prepared model); by default the model's next-token loss, each document of a block read
+    alone when ``config.document_boundaries`` (``document_inputs``). Evaluations are always the
     next-token perplexity."""
     if config.resume_from == "auto":
         resume_dir = latest_checkpoint(config.output_dir)
@@ -218,6 +247,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
         schedule = CMSSchedule(accelerator.unwrap_model(model), config.cms_periods)
         accelerator.register_for_checkpointing(schedule)
 
+    eos = eos_token_id(tokenizer, accelerator.unwrap_model(model)) if config.document_boundaries else None
     state = TrainerState()
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
@@ -237,9 +267,9 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
                 tqdm.write(f"step {record['step']}: held-out perplexity {record['eval_perplexity']:.2f}{others}")
 
     def evaluation_record() -> dict:
-        record = {"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches)}
+        record = {"step": state.step, "eval_perplexity": evaluate(model, eval_loader, accelerator, config.eval_batches, eos)}
         if other_loaders:
-            record["eval_perplexity_other"] = {name: evaluate(model, loader, accelerator, config.eval_batches)
+            record["eval_perplexity_other"] = {name: evaluate(model, loader, accelerator, config.eval_batches, eos)
                                                for name, loader in other_loaders.items()}
         return record
 
@@ -287,7 +317,7 @@ def train(model, train_dataset, eval_dataset, config: TrainingConfig, tokenizer=
             batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             for batch in batches:
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=batch, labels=batch).loss if loss_fn is None else loss_fn(model, batch)
+                    loss = model(**document_inputs(batch, eos)).loss if loss_fn is None else loss_fn(model, batch)
                     accelerator.backward(loss)
                     window.append(loss.detach())
                     nonfinite |= ~torch.isfinite(loss.detach())
