@@ -116,3 +116,19 @@ def test_bench_long_context_prefills_in_pieces_exactly_and_measures_every_model(
             torch.testing.assert_close(last, model(ids).logits[:, -1], atol=1e-5, rtol=1e-5)
         if name == "hope_titans":  # two layers, each a conv state (2 inputs x 64 channels x 3) and 2 states (1 x 64 x 194)
             assert bench.cache_bytes(cache) == 4 * 2 * (2 * 64 * 3 + 2 * 64 * 194)
+
+
+def test_bench_packing_batches_hold_the_same_documents_and_loss():
+    """The packed and padded batches of bench_packing hold the same documents: a model's loss is
+    the same on both (every document read alone), in fp64."""
+    import torch
+
+    from evaluation.benchmarks.bench_packing import packed_batch, padded_batch
+    from helpers import tiny_model
+
+    docs = [list(range(3, 3 + n)) for n in (9, 30, 4, 17, 25)]
+    padded, packed = padded_batch(docs), packed_batch(docs, 32)
+    assert padded["input_ids"].shape == (5, 30) and packed["input_ids"].shape == (4, 32)  # 9 | 30 | 4+17 | 25
+    assert (padded["labels"] != -100).sum() == (packed["labels"] != -100).sum() + len(docs)  # no label at a start
+    model = tiny_model(mixer=["titans", "attention"]).double()
+    torch.testing.assert_close(model(**packed).loss, model(**padded).loss, atol=1e-6, rtol=0)

@@ -372,8 +372,9 @@ class HopeTitansMixer(nn.Module):
         source = (starts[:, None] + j).clamp(max=B * T - 1)  # flat packed position of row n's token j
         rows = projected.reshape(B * T, width)[source] * valid[..., None]
         state = self.initial_state.unsqueeze(0).expand(N, -1, -1, -1)
-        conv_state = projected.new_zeros(N, width, self.conv1d.kernel_size[0] - 1)
-        o, *_ = self._memory(rows, conv_state, state, state, 0, valid)
+        mixed, _ = self._conv(rows, projected.new_zeros(N, width, self.conv1d.kernel_size[0] - 1))
+        row_ends = None if projected.is_cuda else lengths  # CPU: a chunk runs only the sequences it holds tokens of
+        o, *_ = self._run_memory(mixed, state, state, 0, valid, row_ends=row_ends)
         flat = o.new_zeros(B * T, self.num_heads, self.head_dim).index_put((source[valid],), o[valid])
         return flat.view(B, T, self.num_heads, self.head_dim)
 
