@@ -132,3 +132,24 @@ def test_bench_packing_batches_hold_the_same_documents_and_loss():
     assert (padded["labels"] != -100).sum() == (packed["labels"] != -100).sum() + len(docs)  # no label at a start
     model = tiny_model(mixer=["titans", "attention"]).double()
     torch.testing.assert_close(model(**packed).loss, model(**padded).loss, atol=1e-6, rtol=0)
+
+
+def test_gpu_check_plumbing_on_cpu(tmp_path, monkeypatch):
+    """scripts/gpu_check.sh's module at tiny sizes on CPU (--smoke: the Triton interpreter for the
+    kernels): one JSON with every part; without a GPU and without --smoke it refuses by name."""
+    import torch
+
+    from evaluation.benchmarks import gpu_check
+
+    monkeypatch.chdir(tmp_path)
+    payload = gpu_check.main(["--smoke", "--parts", "kernels", "training", "--repeats", "1"])
+    assert payload["command"].startswith("python -m evaluation.benchmarks.gpu_check --smoke")
+    assert (tmp_path / "outputs" / "gpu_check_smoke_kernels.json").exists()
+    parts = payload["parts"]
+    assert parts["kernels"]["ok"] and parts["kernels"]["results"][0]["methods"]
+    training = parts["training"]
+    assert training["ok"] and set(training["models"]) == {"hope_titans", "llama"}
+    assert training["hope_over_llama_tokens_per_s"] > 0
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            gpu_check.main([])
