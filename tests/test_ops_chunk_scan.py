@@ -211,3 +211,41 @@ def test_compiled_chunks_fall_back_to_eager_when_compiling_fails(compiled_chunks
         fallback = _outputs_and_gradients(T, chunk_size, mask)
     for a, b in zip([*eager[0], *eager[1]], [*fallback[0], *fallback[1]]):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("self_referential", [True, False])
+@pytest.mark.parametrize("value_input", [False, True])
+def test_cu_seqlens_equals_every_sequence_alone_fp64(self_referential, value_input):
+    """Sequences packed into one row (fla's cu_seqlens): outputs, per-sequence final states and
+    every gradient equal the reference run on each sequence alone; lengths 5, 13, 1, 9 with chunk 4."""
+    from hope_hf.ops import self_referential_gated_delta_rule
+
+    lengths, chunk_size = [5, 13, 1, 9], 4
+    T, N = sum(lengths), len(lengths)
+    u = F.normalize(torch.randn(1, T, H, D, dtype=torch.float64), dim=-1).requires_grad_()
+    q = F.normalize(torch.randn(1, T, H, D, dtype=torch.float64), dim=-1).requires_grad_()
+    v = F.normalize(torch.randn(1, T, H, D, dtype=torch.float64), dim=-1).requires_grad_() if value_input else None
+    b_eta, b_alpha = torch.randn(H, dtype=torch.float64, requires_grad=True), (torch.randn(H, dtype=torch.float64) + 2).requires_grad_()
+    state = (0.3 * torch.randn(N, H, D, state_width(D), dtype=torch.float64)).requires_grad_()
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    inputs = [x for x in (u, q, v, b_eta, b_alpha, state) if x is not None]
+
+    packed = self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state, chunk_size, 0.8, None, 0, None,
+                                               self_referential, v=v, cu_seqlens=cu_seqlens)
+    alone = [naive_self_referential_gated_delta_rule(
+        u[:, a:b], q[:, a:b], b_eta, b_alpha, state[n : n + 1], chunk_size, 0.8, None, 0, None, self_referential,
+        v=None if v is None else v[:, a:b]) for n, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:]))]
+    expected = (torch.cat([o for o, _, _ in alone], 1), torch.cat([s for _, s, _ in alone]), torch.cat([c for _, _, c in alone]))
+    weights = [torch.randn_like(x) for x in expected]
+    grads = [torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, out)), inputs) for out in (packed, expected)]
+    for name, a, b in zip(("o", "state", "chunk_state"), packed, expected):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"{name}: {m}")
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="cu_seqlens must increase"):
+        self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state, chunk_size, cu_seqlens=torch.tensor([0, 5, 5, T]))
+    with pytest.raises(ValueError, match="one state per sequence"):
+        self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state[:2], chunk_size, cu_seqlens=cu_seqlens)
+    with pytest.raises(ValueError, match="batch 1"):
+        self_referential_gated_delta_rule(u.expand(2, -1, -1, -1), q.expand(2, -1, -1, -1), b_eta, b_alpha, state,
+                                          chunk_size, cu_seqlens=cu_seqlens)

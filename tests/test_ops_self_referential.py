@@ -209,3 +209,24 @@ def test_bad_inputs_raise_clear_errors(change, message):
     change(args)
     with pytest.raises((ValueError, TypeError), match=message):
         chunk_self_referential_gated_delta_rule(**args)
+
+
+def test_fla_bridge_takes_cu_seqlens_as_the_cuda_dispatch_does():
+    """With cu_seqlens the CUDA dispatch runs the fla bridge on the sequences as padded rows; on CPU
+    with fla's torch reference as the kernel it gives each sequence's reference result."""
+    import functools
+
+    from hope_hf.ops.self_referential import _varlen
+
+    lengths, chunk_size = [7, 3, 12], 4
+    T = sum(lengths)
+    u, q, be, ba, _ = (x.detach().float() for x in make_inputs(T))
+    u, q = u[:1], q[:1]
+    state = 0.2 * torch.randn(len(lengths), H, D, state_width(D))
+    cu_seqlens = torch.tensor([0, 7, 10, 22])
+    bridge = functools.partial(fla_self_referential_gated_delta_rule, gated_delta_rule_fn=naive_recurrent_gated_delta_rule)
+    o, final, _ = _varlen(bridge, u, q, be, ba, state, chunk_size, 1.0, None, 0, None, True, False, None, cu_seqlens)
+    for n, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:])):
+        o_n, final_n, _ = naive_self_referential_gated_delta_rule(u[:, a:b], q[:, a:b], be, ba, state[n : n + 1], chunk_size)
+        torch.testing.assert_close(o[:, a:b], o_n, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(final[n : n + 1], final_n, atol=2e-5, rtol=1e-4)
