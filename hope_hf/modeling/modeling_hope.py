@@ -251,9 +251,7 @@ class HopeTitansMixer(nn.Module):
         projections = (self.u_proj, self.q_proj) if self.v_proj is None else (self.u_proj, self.q_proj, self.v_proj)
         projected = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
         if packed_sequences is not None:
-            o = self._packed(projected, packed_sequences)
-            gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
-            return self.o_proj((self.o_norm(o) * gate).reshape(B, T, -1))
+            return self._output(self._packed(projected, packed_sequences), hidden_states)
         init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
         state, chunk_state, seen = init_state, init_state, None
@@ -279,10 +277,13 @@ class HopeTitansMixer(nn.Module):
         if cache is not None:
             cache.update_conv_state(conv_state, self.layer_idx)
             cache.update_recurrent_state(torch.stack([state, chunk_state], dim=2), self.layer_idx)
+        return self._output(o, hidden_states)
 
+    def _output(self, o: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The gated RMSNorm and W_o: o (B, T, H, d) -> (B, T, hidden)."""
+        B, T, _ = hidden_states.shape
         gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
-        o = self.o_norm(o) * gate
-        return self.o_proj(o.reshape(B, T, -1))
+        return self.o_proj((self.o_norm(o) * gate).reshape(B, T, -1))
 
     def _is_batchable(self, mask, seen, caching: bool) -> bool:
         """One batched call is exact when all rows share the chunk phase and padding only trails."""
