@@ -51,8 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--match-lr", type=float, default=1e-3)
     parser.add_argument("--distill-steps", type=int, default=200, help="stage (b) steps (0: skip)")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
-    parser.add_argument("--distill-params", default="all", choices=["all", "mixers"],
-                        help="stage (b) trains every parameter or only the titans mixers")
+    parser.add_argument("--distill-params", default="all", choices=["all", "mixers", "mixers+lora"],
+                        help="stage (b) trains every parameter, only the titans mixers, or the titans mixers with "
+                             "LoRA on the MLPs and kept attention layers (merged before saving; needs peft)")
+    parser.add_argument("--lora-rank", type=int, default=16, help="with --distill-params mixers+lora")
     parser.add_argument("--temperature", type=float, default=1.0, help="stage (b) softmax temperature")
     parser.add_argument("--chunk-size", type=int, default=64, help="titans_chunk_size of the student")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"],
@@ -82,6 +84,21 @@ def stage_config(args, stage: str, steps: int, learning_rate: float) -> Training
                           eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
                           seed=args.seed, resume_from="auto" if args.resume else None, mixed_precision=args.mixed_precision,
                           stop_after_steps=args.stop_after_steps)
+
+
+def with_lora(student, keep_attention: list[int], rank: int):
+    """LoRA (peft) on every MLP and on the kept attention layers' projections; the titans mixers
+    stay trainable as they are (``train_only`` set them)."""
+    from peft import LoraConfig, get_peft_model
+
+    mixers = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    attention = "|".join(str(i) for i in keep_attention)
+    targets = r".*\.cms\.levels\.\d+\.(gate|up|down)_proj" + (
+        rf"|.*\.layers\.({attention})\.mixer\.(q|k|v|o)_proj" if keep_attention else "")
+    peft_model = get_peft_model(student, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    for _, p in mixers:  # get_peft_model froze everything but the adapters
+        p.requires_grad_(True)
+    return peft_model
 
 
 def test_perplexities(model, test: dict, args, eos_token_id: int | None) -> dict:
@@ -129,6 +146,9 @@ def main(argv=None) -> dict | None:
     if args.distill_steps:
         parameters = list(student.parameters()) if args.distill_params == "all" else titans_mixer_parameters(student)
         trainable = train_only(student, parameters)
+        if args.distill_params == "mixers+lora":
+            student = with_lora(student, keep, args.lora_rank)
+            trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
         stamp(f"stage (b): {trainable:,} parameters learn the teacher's next-token distribution")
         state = train(student, train_blocks, validation, stage_config(args, "distill", args.distill_steps, args.distill_lr),
                       tokenizer, loss_fn=LogitDistillation(teacher, args.temperature, bf16=args.mixed_precision == "bf16",
@@ -136,6 +156,8 @@ def main(argv=None) -> dict | None:
         histories["distill"] = state.history
         if state.step < args.distill_steps:
             return None
+        if args.distill_params == "mixers+lora":
+            student = student.merge_and_unload()  # a plain HopeForCausalLM again
 
     measured = {name: test_perplexities(model, test, args, tokenizer.eos_token_id)
                 for name, model in (("teacher", teacher), ("student", student))}

@@ -156,3 +156,23 @@ def test_script_runs_both_stages_resumes_and_saves_a_model_that_generates(llama_
     cached = model.generate(prompt, max_new_tokens=12, do_sample=False)
     uncached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_script_distills_mixers_with_lora_elsewhere_and_saves_merged(llama_dir, tmp_path):
+    """--distill-params mixers+lora: titans mixers train, MLPs and kept attention layers through
+    LoRA (merged before saving), embeddings and norms stay; the saved model is a plain Hope."""
+    script = load_script()
+    out = tmp_path / "hope"
+    script.main([str(llama_dir), "--output-dir", str(out), "--keep-attention", "0", "--data", "english", "--block-size",
+                 "32", "--batch-size", "4", "--match-steps", "2", "--distill-steps", "4", "--distill-lr", "1e-2",
+                 "--distill-params", "mixers+lora", "--lora-rank", "4", "--chunk-size", "8", "--eval-every", "0",
+                 "--save-every", "0", "--warmup-steps", "1", "--test-blocks", "4"])
+    matched = HopeForCausalLM.from_pretrained(out / "match" / "final").state_dict()
+    final = HopeForCausalLM.from_pretrained(out / "final")
+    assert not any("lora" in name for name in final.state_dict())
+    changed = {name for name, tensor in final.state_dict().items() if not torch.equal(tensor, matched[name])}
+    assert "model.layers.0.mixer.q_proj.weight" in changed and "model.layers.2.cms.levels.0.up_proj.weight" in changed
+    assert "model.layers.1.mixer.initial_state" in changed  # a titans mixer, trained in full
+    frozen = [name for name in changed if name.startswith("model.embed_tokens") or name.endswith(("mixer_norm.weight",
+                                                                                                  "cms_norm.weight"))]
+    assert not frozen and "model.norm.weight" not in changed
