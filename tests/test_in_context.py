@@ -26,19 +26,22 @@ def test_zero_learning_rate_streams_exactly_like_the_plain_forward(name):
 
 def test_updates_lower_the_loss_of_a_repeated_passage():
     """Both levels step after every segment; on the second reading the fast weights have seen the
-    passage: its loss is lower than on the first reading and than without updates (margins seen
-    over 8 seeds: 0.05-0.13 nats; the test asks for 0.02)."""
+    passage: its loss is lower than on the first reading and than without updates. Averaged over 8
+    passages read as one batch (one passage alone gave margins down to 0.005 nats over 40 seeds; 8
+    gave 0.048-0.12; the test asks for 0.02)."""
     every_segment = [{"intermediate_size": 48, "update_period": 1}, {"intermediate_size": 32, "update_period": 1}]
     model = tiny_model(mixer="titans", cms_levels=every_segment)
-    passage = random_ids(1, 48)
-    document = torch.cat([passage, passage], dim=1)
+    passages = random_ids(8, 48)
+    documents = torch.cat([passages, passages], dim=1)
     params_before = {n: p.clone() for n, p in model.named_parameters()}
-    learning = InContextLearner(model, lr=30.0, segment_size=8).read(document)[0]
-    frozen = InContextLearner(model, lr=0.0, segment_size=8).read(document)[0]
-    mean = lambda losses: sum(losses) / len(losses)
-    second_reading = mean(learning.segment_losses[6:])
-    assert second_reading < mean(learning.segment_losses[:6]) - 0.02
-    assert second_reading < mean(frozen.segment_losses[6:]) - 0.02
+    learning = InContextLearner(model, lr=30.0, segment_size=8).read(documents)
+    frozen = InContextLearner(model, lr=0.0, segment_size=8).read(documents)
+    mean = lambda values: sum(values) / len(values)
+    first_reading = mean([mean(state.segment_losses[:6]) for state in learning])
+    second_reading = mean([mean(state.segment_losses[6:]) for state in learning])
+    second_reading_frozen = mean([mean(state.segment_losses[6:]) for state in frozen])
+    assert second_reading < first_reading - 0.02
+    assert second_reading < second_reading_frozen - 0.02
     for n, p in model.named_parameters():  # the model itself is never changed
         assert torch.equal(p, params_before[n]), n
 
