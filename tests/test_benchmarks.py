@@ -14,6 +14,8 @@ TINY = {
                   "--threads", "1"],
     "bench_titans_scaling": ["--seq-lens", "32", "64", "--hidden-size", "32", "--heads", "2", "--chunk-size", "16",
                              "--repeats", "1", "--threads", "1"],
+    "bench_titans_paths": ["--seq-len", "64", "--hidden-size", "32", "--heads", "2", "--chunk-size", "16",
+                           "--prompt-len", "18", "--batch-seq-len", "27", "--repeats", "1", "--threads", "1"],
 }
 
 

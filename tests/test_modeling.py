@@ -246,37 +246,56 @@ def test_bf16_autocast_training_step_keeps_the_recurrence_in_fp32(name):
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
 
 
+def each_row_alone(mixer, projected, conv_state, state, seen, mask):
+    """The oracle for the ragged path: row b's real tokens alone, through the conv and the op at
+    the row's chunk phase, from the row's own states."""
+    B, T, _ = projected.shape
+    o = projected.new_zeros(B, T, mixer.num_heads, mixer.head_dim)
+    conv_states, states = [], []
+    for b in range(B):
+        idx = mask[b].nonzero().squeeze(-1)
+        row_conv, row_state = conv_state[b : b + 1], state[b : b + 1]
+        if idx.numel() > 0:
+            mixed, row_conv = mixer._conv(projected[b : b + 1, idx], row_conv)
+            o_b, row_state = mixer._run_memory(mixed, row_state, chunk_offset=int(seen[b]) % mixer.chunk_size)
+            o[b, idx] = o_b[0]
+        conv_states.append(row_conv)
+        states.append(row_state)
+    return o, torch.cat(conv_states), torch.cat(states)
+
+
 @pytest.mark.parametrize("name", ["titans", "titans_static", "titans_value_input"])
-def test_aligned_batch_equals_per_row_at_different_chunk_phases(name):
-    """The titans mixer's one-call path for ragged batches (each row placed at its own chunk
-    phase) against the per-row loop: rows at phases 0, 1, 3 of chunk 4 in the cache, left and
-    right padding, an empty row; outputs, every returned state and the gradients."""
-    model = tiny_model(**CONFIGS[name])
+def test_ragged_batch_equals_each_row_alone_at_different_chunk_phases(name):
+    """The titans mixer's one path for ragged batches (every row one sequence of the op's
+    cu_seqlens, at its own chunk phase) against each row alone: rows at phases 0, 1, 3 and 2 of
+    chunk 4 in the cache, left, right and both-sided padding, a hole, an empty row; outputs,
+    conv and recurrent states and the gradients (fp64)."""
+    model = tiny_model(**CONFIGS[name]).double()
     mixer = model.model.layers[0].mixer
-    B, T, width = 4, 11, mixer.conv1d.in_channels
-    projected = torch.randn(B, T, width, requires_grad=True)
-    conv_state = torch.randn(B, width, mixer.conv1d.kernel_size[0] - 1)
-    state = 0.1 * torch.randn(B, mixer.num_heads, mixer.head_dim, 3 * mixer.head_dim + 2)
-    chunk_state = state + 0.1 * torch.randn_like(state)
-    seen = torch.tensor([8, 5, 7, 2])  # phases 0, 1, 3, 2
+    B, T, width = 5, 11, mixer.conv1d.in_channels
+    projected = torch.randn(B, T, width, dtype=torch.float64, requires_grad=True)
+    conv_state = torch.randn(B, width, mixer.conv1d.kernel_size[0] - 1, dtype=torch.float64)
+    state = 0.1 * torch.randn(B, mixer.num_heads, 2, mixer.head_dim, 3 * mixer.head_dim + 2, dtype=torch.float64)
+    if not mixer.self_referential:
+        state[:, :, 1] = mixer.initial_state.detach()
+    seen = torch.tensor([8, 5, 7, 2, 6])  # phases 0, 1, 3, 2, 2
     mask = torch.ones(B, T, dtype=torch.long)
     mask[1, :6] = 0  # left padding: 5 tokens
     mask[2, :2] = 0
     mask[2, 9:] = 0  # both sides: 7 tokens
     mask[3] = 0  # nothing new
-    assert mixer._is_alignable(projected, mask, caching=True)
-    memory = (conv_state, state, chunk_state)
+    mask[4, 3:5] = 0  # a hole
     weights = None
     results = []
-    for path in (mixer._aligned, mixer._per_row):
-        out = path(projected, *memory, seen, mask)
+    for path in (mixer._ragged, lambda *a: each_row_alone(mixer, *a)):
+        out = path(projected, conv_state, state, seen, mask, *([None] if path == mixer._ragged else []))
         weights = weights or [torch.randn_like(x) for x in out]
         grad = torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, out)), projected)[0]
         results.append((out, grad))
-    (out_aligned, grad_aligned), (out_rows, grad_rows) = results
-    for label, a, b in zip(("o", "conv_state", "state", "chunk_state"), out_aligned, out_rows):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m: f"{label}: {m}")
-    torch.testing.assert_close(grad_aligned, grad_rows, atol=1e-5, rtol=0)
+    (out_ragged, grad_ragged), (out_rows, grad_rows) = results
+    for label, a, b in zip(("o", "conv_state", "state"), out_ragged, out_rows):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"{label}: {m}")
+    torch.testing.assert_close(grad_ragged, grad_rows, atol=1e-10, rtol=0)
 
 
 def test_left_padded_generation_continues_rows_at_different_phases():

@@ -215,9 +215,12 @@ def test_compiled_chunks_fall_back_to_eager_when_compiling_fails(compiled_chunks
 
 @pytest.mark.parametrize("self_referential", [True, False])
 @pytest.mark.parametrize("value_input", [False, True])
-def test_cu_seqlens_equals_every_sequence_alone_fp64(self_referential, value_input):
-    """Sequences packed into one row (fla's cu_seqlens): outputs, per-sequence final states and
-    every gradient equal the reference run on each sequence alone; lengths 5, 13, 1, 9 with chunk 4."""
+@pytest.mark.parametrize("continued", [False, True])
+def test_cu_seqlens_equals_every_sequence_alone_fp64(self_referential, value_input, continued):
+    """Sequences packed into one row (fla's cu_seqlens) through the public op: outputs, per-sequence
+    final states and every gradient equal the reference run on each sequence alone; lengths 5, 13,
+    1, 9 with chunk 4. ``continued``: each sequence resumes a returned state (running and
+    chunk-start states differ) at its own chunk phase (3, 0, 1, 2)."""
     from hope_hf.ops import self_referential_gated_delta_rule
 
     lengths, chunk_size = [5, 13, 1, 9], 4
@@ -226,15 +229,21 @@ def test_cu_seqlens_equals_every_sequence_alone_fp64(self_referential, value_inp
     q = F.normalize(torch.randn(1, T, H, D, dtype=torch.float64), dim=-1).requires_grad_()
     v = F.normalize(torch.randn(1, T, H, D, dtype=torch.float64), dim=-1).requires_grad_() if value_input else None
     b_eta, b_alpha = torch.randn(H, dtype=torch.float64, requires_grad=True), (torch.randn(H, dtype=torch.float64) + 2).requires_grad_()
-    state = (0.3 * torch.randn(N, H, D, state_width(D), dtype=torch.float64)).requires_grad_()
+    shape = (N, H, 2, D, state_width(D)) if continued else (N, H, D, state_width(D))
+    state = (0.3 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
+    offsets = torch.tensor([3, 0, 1, 2]) if continued else 0
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     inputs = [x for x in (u, q, v, b_eta, b_alpha, state) if x is not None]
 
-    packed = self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state, chunk_size, 0.8, None, 0, None,
-                                               self_referential, v=v, cu_seqlens=cu_seqlens)
+    o, final = self_referential_gated_delta_rule(
+        u, q, b_eta, b_alpha, initial_state=state, chunk_size=chunk_size, eta_max=0.8, v=v,
+        self_referential=self_referential, chunk_offset=offsets, cu_seqlens=cu_seqlens, output_final_state=True)
+    running, chunk_start = state.unbind(2) if continued else (state, state)
     alone = [naive_self_referential_gated_delta_rule(
-        u[:, a:b], q[:, a:b], b_eta, b_alpha, state[n : n + 1], chunk_size, 0.8, None, 0, None, self_referential,
-        v=None if v is None else v[:, a:b]) for n, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:]))]
+        u[:, a:b], q[:, a:b], b_eta, b_alpha, running[n : n + 1], chunk_size, 0.8, chunk_start[n : n + 1],
+        int(offsets[n]) if continued else 0, None, self_referential, v=None if v is None else v[:, a:b])
+        for n, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:]))]
+    packed = (o, *final.unbind(2))
     expected = (torch.cat([o for o, _, _ in alone], 1), torch.cat([s for _, s, _ in alone]), torch.cat([c for _, _, c in alone]))
     weights = [torch.randn_like(x) for x in expected]
     grads = [torch.autograd.grad(sum((w * x).sum() for w, x in zip(weights, out)), inputs) for out in (packed, expected)]
@@ -242,10 +251,29 @@ def test_cu_seqlens_equals_every_sequence_alone_fp64(self_referential, value_inp
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m: f"{name}: {m}")
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_cu_seqlens_bad_inputs_raise_clear_errors():
+    from hope_hf.ops import self_referential_gated_delta_rule
+
+    T, N = 12, 3
+    u, q = (F.normalize(torch.randn(1, T, H, D), dim=-1) for _ in range(2))
+    b_eta, b_alpha = torch.randn(H), torch.randn(H)
+    state, cu_seqlens = torch.zeros(N, H, D, state_width(D)), torch.tensor([0, 5, 7, T])
+    op = lambda **kw: self_referential_gated_delta_rule(u, q, b_eta, b_alpha, **{  # noqa: E731
+        "initial_state": state, "chunk_size": 4, "cu_seqlens": cu_seqlens, **kw})
     with pytest.raises(ValueError, match="cu_seqlens must increase"):
-        self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state, chunk_size, cu_seqlens=torch.tensor([0, 5, 5, T]))
+        op(cu_seqlens=torch.tensor([0, 5, 5, T]))
     with pytest.raises(ValueError, match="one state per sequence"):
-        self_referential_gated_delta_rule(u, q, b_eta, b_alpha, state[:2], chunk_size, cu_seqlens=cu_seqlens)
+        op(initial_state=state[:2])
+    with pytest.raises(ValueError, match=r"chunk_offset must be in \[0, chunk_size=4\)"):
+        op(chunk_offset=torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="no attention_mask"):
+        op(attention_mask=torch.ones(1, T))
+    with pytest.raises(ValueError, match=r"\(N, H, 2, d, 3d\+2\)"):
+        op(initial_state=torch.zeros(N, H, 3, D, state_width(D)))
     with pytest.raises(ValueError, match="batch 1"):
-        self_referential_gated_delta_rule(u.expand(2, -1, -1, -1), q.expand(2, -1, -1, -1), b_eta, b_alpha, state,
-                                          chunk_size, cu_seqlens=cu_seqlens)
+        self_referential_gated_delta_rule(u.expand(2, -1, -1, -1), q.expand(2, -1, -1, -1), b_eta, b_alpha,
+                                          initial_state=state, chunk_size=4, cu_seqlens=cu_seqlens)
+    with pytest.raises(ValueError, match="needs cu_seqlens"):
+        self_referential_gated_delta_rule(u, q, b_eta, b_alpha, chunk_size=4, chunk_offset=torch.tensor([1]))

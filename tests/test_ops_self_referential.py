@@ -170,8 +170,10 @@ def test_padding_leaves_state_untouched():
 def test_bf16_inputs_keep_fp32_state():
     T = 33
     u, q, be, ba, state = (x.detach() for x in make_inputs(T, dtype=torch.float32))
-    o, final, chunk = self_referential_gated_delta_rule(u.bfloat16(), q.bfloat16(), be, ba, state, 16)
-    assert o.dtype == torch.bfloat16 and final.dtype == torch.float32 and chunk.dtype == torch.float32
+    o, final = self_referential_gated_delta_rule(u.bfloat16(), q.bfloat16(), be, ba, initial_state=state,
+                                                 chunk_size=16, output_final_state=True)
+    assert o.dtype == torch.bfloat16 and final.dtype == torch.float32
+    final = final[:, :, 0]
     o_ref, final_ref, _ = naive_self_referential_gated_delta_rule(u.bfloat16(), q.bfloat16(), be, ba, state, 16)
     torch.testing.assert_close(o.float(), o_ref.float(), atol=2e-2, rtol=0)
     torch.testing.assert_close(final, final_ref, atol=1e-4, rtol=0)
@@ -213,20 +215,23 @@ def test_bad_inputs_raise_clear_errors(change, message):
 
 def test_fla_bridge_takes_cu_seqlens_as_the_cuda_dispatch_does():
     """With cu_seqlens the CUDA dispatch runs the fla bridge on the sequences as padded rows; on CPU
-    with fla's torch reference as the kernel it gives each sequence's reference result."""
+    with fla's torch reference as the kernel it gives each sequence's reference result, continued
+    at its own chunk phase from its own running and chunk-start states."""
     import functools
 
     from hope_hf.ops.self_referential import _varlen
 
-    lengths, chunk_size = [7, 3, 12], 4
+    lengths, chunk_size, offsets = [7, 3, 12], 4, torch.tensor([1, 0, 3])
     T = sum(lengths)
     u, q, be, ba, _ = (x.detach().float() for x in make_inputs(T))
     u, q = u[:1], q[:1]
-    state = 0.2 * torch.randn(len(lengths), H, D, state_width(D))
+    state, chunk_state = (0.2 * torch.randn(len(lengths), H, D, state_width(D)) for _ in range(2))
     cu_seqlens = torch.tensor([0, 7, 10, 22])
     bridge = functools.partial(fla_self_referential_gated_delta_rule, gated_delta_rule_fn=naive_recurrent_gated_delta_rule)
-    o, final, _ = _varlen(bridge, u, q, be, ba, state, chunk_size, 1.0, None, 0, None, True, False, None, cu_seqlens)
+    o, final, final_chunk = _varlen(bridge, u, q, be, ba, state, chunk_state, chunk_size, 1.0, offsets, cu_seqlens)
     for n, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:])):
-        o_n, final_n, _ = naive_self_referential_gated_delta_rule(u[:, a:b], q[:, a:b], be, ba, state[n : n + 1], chunk_size)
+        o_n, final_n, chunk_n = naive_self_referential_gated_delta_rule(
+            u[:, a:b], q[:, a:b], be, ba, state[n : n + 1], chunk_size, 1.0, chunk_state[n : n + 1], int(offsets[n]))
         torch.testing.assert_close(o[:, a:b], o_n, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(final[n : n + 1], final_n, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(final_chunk[n : n + 1], chunk_n, atol=2e-5, rtol=1e-4)

@@ -217,23 +217,18 @@ class HopeTitansMixer(nn.Module):
         out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
         return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - conv_state.shape[-1] :]
 
-    def _memory(self, projected, conv_state, state, chunk_state, chunk_offset, mask):
-        """Conv, normalise, run the memory. projected: (B, T, n*H*d) = [W_u x, W_q x(, W_v x)]."""
-        mixed, conv_state = self._conv(projected, conv_state)
-        o, state, chunk_state = self._run_memory(mixed, state, chunk_state, chunk_offset, mask)
-        return o, conv_state, state, chunk_state
-
-    def _run_memory(self, mixed, state, chunk_state, chunk_offset, mask, row_ends=None):
-        """Normalise u, q (and v) and run the memory op. mixed: (B, T, n*H*d) after the conv."""
+    def _run_memory(self, mixed, state, **op_options):
+        """Normalise u, q (and v) and run the memory op. mixed: (B, T, n*H*d) after the conv;
+        state: (N, H, 2, d, 3d+2). Returns o (B, T, H, d) and the final state (N, H, 2, d, 3d+2)."""
         B, T, _ = mixed.shape
         inputs = mixed.view(B, T, -1, self.num_heads, self.head_dim).unbind(2)
         # in fp32 at least: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gives NaN
         norm_dtype = torch.promote_types(mixed.dtype, torch.float32)
         u, q, *v = (F.normalize(t.to(norm_dtype), dim=-1).to(t.dtype) for t in inputs)
         return self_referential_gated_delta_rule(
-            u, q, self.b_eta, self.b_alpha, state, self.chunk_size, self.eta_max, chunk_state, chunk_offset,
-            mask, self.self_referential, self.detach_values, row_ends=row_ends, v=v[0] if v else None,
-            normalize_values=self.normalize_values,
+            u, q, self.b_eta, self.b_alpha, initial_state=state, chunk_size=self.chunk_size, eta_max=self.eta_max,
+            v=v[0] if v else None, normalize_values=self.normalize_values, self_referential=self.self_referential,
+            detach_values=self.detach_values, output_final_state=True, **op_options,
         )
 
     def forward(
@@ -250,33 +245,31 @@ class HopeTitansMixer(nn.Module):
         B, T, _ = hidden_states.shape
         projections = (self.u_proj, self.q_proj) if self.v_proj is None else (self.u_proj, self.q_proj, self.v_proj)
         projected = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
-        if packed_sequences is not None:
-            return self._output(self._packed(projected, packed_sequences), hidden_states)
-        init_state = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
+        initial = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
-        state, chunk_state, seen = init_state, init_state, None
+        state, seen = torch.stack([initial, initial], dim=2), None  # (B, H, 2, d, 3d+2): running, chunk-start
         if cache is not None and cache.get_recurrent_state(self.layer_idx) is not None:
             # clones: the cache updates its buffers in place, which must not touch autograd's inputs
             conv_state = cache.get_conv_state(self.layer_idx).clone()
-            state, chunk_state = cache.get_recurrent_state(self.layer_idx).clone().unbind(2)
+            state = cache.get_recurrent_state(self.layer_idx).clone()
             seen = cache.row_tokens_seen
-        if not self.self_referential:
-            chunk_state = init_state  # projections stay with the meta-learned memories
+        if not self.self_referential:  # projections stay with the meta-learned memories
+            state = torch.stack([state[:, :, 0], initial], dim=2)
 
-        memory = (conv_state, state, chunk_state)
+        all_real = attention_mask is None or bool(attention_mask.all())
+        same_phase = seen is None or bool((seen == seen[0]).all())
         if seen is not None and T == 1:
-            o, conv_state, state, chunk_state = self._decode_step(projected, *memory, seen, attention_mask)
-        elif self._is_batchable(attention_mask, seen, cache is not None):
+            o, conv_state, state = self._decode_step(projected, conv_state, state, seen, attention_mask)
+        elif packed_sequences is None and all_real and same_phase:
+            mixed, conv_state = self._conv(projected, conv_state)
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
-            o, conv_state, state, chunk_state = self._memory(projected, *memory, offset, attention_mask)
-        elif self._is_alignable(projected, attention_mask, cache is not None):
-            o, conv_state, state, chunk_state = self._aligned(projected, *memory, seen, attention_mask)
+            o, state = self._run_memory(mixed, state, chunk_offset=offset)
         else:
-            o, conv_state, state, chunk_state = self._per_row(projected, *memory, seen, attention_mask)
+            o, conv_state, state = self._ragged(projected, conv_state, state, seen, attention_mask, packed_sequences)
 
         if cache is not None:
             cache.update_conv_state(conv_state, self.layer_idx)
-            cache.update_recurrent_state(torch.stack([state, chunk_state], dim=2), self.layer_idx)
+            cache.update_recurrent_state(state, self.layer_idx)
         return self._output(o, hidden_states)
 
     def _output(self, o: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -285,126 +278,61 @@ class HopeTitansMixer(nn.Module):
         gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
         return self.o_proj((self.o_norm(o) * gate).reshape(B, T, -1))
 
-    def _is_batchable(self, mask, seen, caching: bool) -> bool:
-        """One batched call is exact when all rows share the chunk phase and padding only trails."""
-        if seen is not None and bool((seen != seen[0]).any()):
-            return False
-        if mask is None:
-            return True
-        right_padded_only = bool((mask[:, 1:] <= mask[:, :-1]).all())
-        rows_equal = bool((mask.sum(-1) == mask.shape[-1]).all())
-        return right_padded_only and (not caching or rows_equal)
-
-    @staticmethod
-    def _is_alignable(projected, mask, caching: bool) -> bool:
-        """``_aligned`` takes rows whose real tokens are contiguous (left and/or right padding).
-        On CUDA only without a cache: the fused kernels do not take ``row_ends``, which keeps the
-        chunk-start state a cache needs; without a cache the aligned batch is right-padded only."""
-        if projected.is_cuda and caching:
-            return False
-        if mask is None:
-            return True
-        real = mask.bool()
-        positions = torch.arange(mask.shape[-1], device=mask.device)
-        first = torch.where(real, positions, mask.shape[-1]).amin(-1)
-        last = torch.where(real, positions, -1).amax(-1)
-        count = real.sum(-1)
-        return bool(((count == 0) | (last - first + 1 == count)).all())
-
-    def _aligned(self, projected, conv_state, state, chunk_state, seen, mask):
-        """All rows in one call, each at its own chunk phase (left padding, rows of different
-        lengths, rows at different positions in their chunk).
-
-        Row b's n_b real tokens (contiguous, from position f_b) are convolved from the start of
-        the row (after its conv state), then placed at positions r_b .. r_b + n_b - 1 of the
-        memory's input, r_b = (tokens seen) mod C, so that every token sits at the chunk phase it
-        has alone: chunks start where the row's own chunks start. Padding around it leaves the
-        state untouched (eta = 0, alpha = 1), no boundary precedes the first real token (r_b < C),
-        and ``row_ends`` keeps the chunk-start state in the trailing padding. Exact per row.
-        """
+    def _ragged(self, projected, conv_state, state, seen, mask, packed_sequences):
+        """Padded rows, rows at different chunk phases, or packed documents: every row's real
+        tokens (each document of a packed row) become one sequence of the op's ``cu_seqlens``,
+        convolved from its row's conv state and continued at its row's chunk phase. Rows with no
+        real token keep their states. projected: (B, T, n*H*d); state: (B, H, 2, d, 3d+2).
+        Returns o (B, T, H, d), the conv states and the states of the rows."""
         B, T, width = projected.shape
-        device, C = projected.device, self.chunk_size
+        device, K1 = projected.device, conv_state.shape[-1]
         real = torch.ones(B, T, dtype=torch.bool, device=device) if mask is None else mask.bool()
-        count = real.sum(-1)  # n_b
-        positions = torch.arange(T, device=device)
-        first = torch.where(real, positions, T).amin(-1).clamp(max=T - 1)  # f_b
-        phase = torch.zeros_like(count) if seen is None else (seen.to(device) % C).long()  # r_b
-        T_mem = int((phase + count).max().clamp(min=1))
+        rows = torch.arange(B, device=device)[:, None].expand(B, T)
+        ids = rows if packed_sequences is None else packed_sequences + rows * (int(packed_sequences.max()) + 1)
+        positions = real.flatten().nonzero().squeeze(-1)  # flat (row, token) index of each real token, in order
+        if positions.numel() == 0:  # nothing new in any row
+            return projected.new_zeros(B, T, self.num_heads, self.head_dim), conv_state, state
+        _, lengths = torch.unique_consecutive(ids.flatten()[positions], return_counts=True)
+        starts = lengths.cumsum(0) - lengths  # each sequence's first token among the real tokens
+        row_of = positions[starts] // T  # (N,)
+        phase = 0 if seen is None or packed_sequences is not None else (seen.to(device)[row_of] % self.chunk_size)
 
-        # compact: row b's token j at position j
-        j = positions[None, :]
-        compact_valid = j < count[:, None]
-        src = (first[:, None] + j).clamp(max=T - 1)
-        compact = projected.gather(1, src[..., None].expand(-1, -1, width)) * compact_valid[..., None]
-        x = torch.cat([conv_state.to(compact.dtype), compact.transpose(1, 2)], dim=-1)  # (B, width, K-1+T)
-        mixed = F.silu(F.conv1d(x, self.conv1d.weight, groups=width)).transpose(1, 2)
-        K1 = conv_state.shape[-1]
-        tail = count[:, None, None] + torch.arange(K1, device=device)  # last K-1 inputs of each row
-        new_conv = x.gather(2, tail.expand(-1, width, -1))
+        # One packed row of [conv state of its row, tokens] per sequence: a depthwise conv over it
+        # sees inside each token's window only its own sequence and the conv state before it.
+        N, total = lengths.numel(), positions.numel()
+        segment_starts = starts + K1 * torch.arange(N, device=device)  # in the extended row
+        sequence_of = torch.repeat_interleave(torch.arange(N, device=device), lengths)  # (total,)
+        token_at = segment_starts[sequence_of] + K1 + torch.arange(total, device=device) - starts[sequence_of]
+        prefix_at = (segment_starts[:, None] + torch.arange(K1, device=device)).flatten()
+        prefix = conv_state if packed_sequences is None else torch.zeros_like(conv_state)
+        extended = projected.new_zeros(total + N * K1, width).index_put(
+            (torch.cat([prefix_at, token_at]),),
+            torch.cat([prefix[row_of].transpose(1, 2).reshape(-1, width).to(projected.dtype),
+                       projected.reshape(B * T, width)[positions]]))
+        convolved = F.conv1d(extended.T[None], self.conv1d.weight, groups=width)[0].T  # output p: window ending at p+K1
+        mixed = F.silu(convolved[token_at - K1])
 
-        # aligned: row b's token j at position r_b + j (the compact layout when every r_b = 0)
-        p = torch.arange(T_mem, device=device)[None, :]
-        aligned_valid = (p >= phase[:, None]) & (p < (phase + count)[:, None])
-        if bool(phase.any()):
-            src = (p - phase[:, None]).clamp(0, T - 1)
-            mixed = mixed.gather(1, src[..., None].expand(-1, -1, width))
-        aligned = mixed[:, :T_mem] * aligned_valid[..., None]
-        row_ends = None if projected.is_cuda else phase + count  # CPU: also skips a row's chunks of padding
-        o, state, chunk_state = self._run_memory(aligned, state, chunk_state, 0, aligned_valid, row_ends=row_ends)
+        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
+        o, new_state = self._run_memory(mixed[None], state[row_of], cu_seqlens=cu_seqlens, chunk_offset=phase)
+        o = o.new_zeros(B * T, self.num_heads, self.head_dim).index_put((positions,), o[0])
+        if packed_sequences is not None:  # a packed row is never continued (the model refuses a cache with it)
+            return o.view(B, T, self.num_heads, self.head_dim), conv_state, state
+        tail_at = (segment_starts + lengths)[:, None] + torch.arange(K1, device=device)  # last K-1 inputs: (N, K-1)
+        conv_state = conv_state.index_put((row_of,), extended[tail_at].transpose(1, 2).to(conv_state.dtype))
+        state = state.index_put((row_of,), new_state.to(state.dtype))
+        return o.view(B, T, self.num_heads, self.head_dim), conv_state, state
 
-        # back to the input's positions: original f_b + j <- aligned r_b + j
-        src = (positions[None, :] - first[:, None] + phase[:, None]).clamp(0, T_mem - 1)
-        flat = o.flatten(2).gather(1, src[..., None].expand(-1, -1, o.shape[2] * o.shape[3]))
-        o = (flat * real[..., None]).view(B, T, self.num_heads, self.head_dim)
-        return o, new_conv, state, chunk_state
-
-    def _packed(self, projected, sequences):
-        """Every packed sequence as a row of its own, right-padded, in one batched call from fresh
-        states; the outputs go back to the packed positions. projected: (B, T, n*H*d); sequences:
-        (B, T) sequence index within the row. Returns o (B, T, H, d)."""
-        B, T, width = projected.shape
-        # a global id per (row, sequence); ids only grow along a row, so each one is a contiguous run
-        ids = sequences + torch.arange(B, device=projected.device)[:, None] * (int(sequences.max()) + 1)
-        _, lengths = torch.unique_consecutive(ids.flatten(), return_counts=True)
-        starts = lengths.cumsum(0) - lengths
-        N, L = lengths.numel(), int(lengths.max())
-        j = torch.arange(L, device=projected.device)[None, :]
-        valid = j < lengths[:, None]  # (N, L)
-        source = (starts[:, None] + j).clamp(max=B * T - 1)  # flat packed position of row n's token j
-        rows = projected.reshape(B * T, width)[source] * valid[..., None]
-        state = self.initial_state.unsqueeze(0).expand(N, -1, -1, -1)
-        mixed, _ = self._conv(rows, projected.new_zeros(N, width, self.conv1d.kernel_size[0] - 1))
-        row_ends = None if projected.is_cuda else lengths  # CPU: a chunk runs only the sequences it holds tokens of
-        o, *_ = self._run_memory(mixed, state, state, 0, valid, row_ends=row_ends)
-        flat = o.new_zeros(B * T, self.num_heads, self.head_dim).index_put((source[valid],), o[valid])
-        return flat.view(B, T, self.num_heads, self.head_dim)
-
-    def _decode_step(self, projected, conv_state, state, chunk_state, seen, mask):
+    def _decode_step(self, projected, conv_state, state, seen, mask):
         """One token per row; rows may sit at different positions in their chunk."""
         valid = torch.ones_like(seen, dtype=torch.bool) if mask is None else mask[:, -1].bool()
-        o, new_conv, new_state, _ = self._memory(projected, conv_state, state, chunk_state, 0, valid[:, None])
+        mixed, new_conv = self._conv(projected, conv_state)
+        o, new_state = self._run_memory(mixed, state, attention_mask=valid[:, None])
         conv_state = torch.where(valid[:, None, None], new_conv, conv_state)
+        running, chunk_state = new_state[:, :, 0], state[:, :, 1]
         if self.self_referential:
             starts_chunk = valid & ((seen + 1) % self.chunk_size == 0)
-            chunk_state = torch.where(starts_chunk[:, None, None, None], new_state, chunk_state)
-        return o, conv_state, new_state, chunk_state
-
-    def _per_row(self, projected, conv_state, state, chunk_state, seen, mask):
-        """Each row alone on its unpadded tokens (left padding, or rows at different chunk phases)."""
-        B, T, _ = projected.shape
-        mask = torch.ones(B, T, dtype=torch.bool, device=projected.device) if mask is None else mask.bool()
-        o = projected.new_zeros(B, T, self.num_heads, self.head_dim)
-        rows = []  # per row: (conv_state, state, chunk_state), each (1, ...)
-        for b in range(B):
-            idx = mask[b].nonzero().squeeze(-1)
-            row = (conv_state[b : b + 1], state[b : b + 1], chunk_state[b : b + 1])
-            if idx.numel() > 0:  # else nothing new for this row
-                offset = 0 if seen is None else int(seen[b]) % self.chunk_size
-                o_b, *row = self._memory(projected[b : b + 1, idx], *row, offset, None)
-                o[b, idx] = o_b[0].to(o.dtype)
-            rows.append(row)
-        conv_state, state, chunk_state = (torch.cat(parts) for parts in zip(*rows))
-        return o, conv_state, state, chunk_state
+            chunk_state = torch.where(starts_chunk[:, None, None, None], running, chunk_state)
+        return o, conv_state, torch.stack([running, chunk_state], dim=2)
 
 
 class HopeDecoderLayer(GradientCheckpointingLayer):

@@ -23,93 +23,109 @@ def _cuda_kernel(head_dim: int, chunk_size: int, self_referential: bool):
     return fla_self_referential_gated_delta_rule
 
 
-def _varlen(kernel, u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, chunk_offset,
-            attention_mask, self_referential, detach_values, row_ends, cu_seqlens, **extra):
-    """``kernel`` on sequences packed into one row (``cu_seqlens``): each sequence becomes a row of a
-    right-padded batch (its own chunk grid from its start, its own states, ``row_ends`` its length),
-    and the outputs go back to the packed positions."""
+def _split_state(initial_state, name="initial_state"):
+    """(N, H, d, W) -> (running, None); (N, H, 2, d, W) -> (running, chunk-start), as returned."""
+    if initial_state.dim() == 5:
+        if initial_state.shape[2] != 2:
+            raise ValueError(f"{name} of 5 dims must be (N, H, 2, d, 3d+2) = (running, chunk-start state), "
+                             f"got {tuple(initial_state.shape)}")
+        return initial_state[:, :, 0], initial_state[:, :, 1]
+    return initial_state, None
+
+
+def _varlen(kernel, u, q, b_eta, b_alpha, state, chunk_state, chunk_size, eta_max, chunk_offset, cu_seqlens,
+            v=None, **options):
+    """``kernel`` on sequences packed into one row (``cu_seqlens``). Sequence n becomes row n of a
+    right-padded batch, its first token at position chunk_offset[n] so that its chunk grid is its
+    own; ``row_ends`` keeps its chunk-start state across its trailing padding (and lets the CPU
+    path skip chunks of padding). The outputs go back to the packed positions."""
     if u.shape[0] != 1:
         raise ValueError(f"with cu_seqlens, u must hold one packed row (batch 1), got batch {u.shape[0]}")
-    if attention_mask is not None or row_ends is not None or chunk_offset != 0:
-        raise ValueError("cu_seqlens takes no attention_mask, row_ends or chunk_offset: every sequence starts at "
-                         "its first token")
     T = u.shape[1]
     if (cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T
             or bool((cu_seqlens[1:] <= cu_seqlens[:-1]).any())):
         raise ValueError(f"cu_seqlens must increase strictly from 0 to seq_len={T}, got {cu_seqlens.tolist()}")
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(u.device)
-    N, L = lengths.numel(), int(lengths.max())
-    for name, state in (("initial_state", initial_state), ("initial_chunk_state", initial_chunk_state)):
-        if state is not None and state.shape[0] != N:
-            raise ValueError(f"{name} must hold one state per sequence ({N}), got {state.shape[0]}")
-    j = torch.arange(L, device=u.device)[None, :]
-    valid = j < lengths[:, None]  # (N, L)
-    source = (cu_seqlens[:-1].to(u.device)[:, None] + j).clamp(max=T - 1)
+    cu_seqlens = cu_seqlens.to(u.device)
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    N = lengths.numel()
+    for name, s in (("initial_state", state), ("initial_chunk_state", chunk_state)):
+        if s is not None and s.shape[0] != N:
+            raise ValueError(f"{name} must hold one state per sequence ({N}), got {s.shape[0]}")
+    phase = torch.as_tensor(chunk_offset, device=u.device).long().expand(N)
+    if bool(((phase < 0) | (phase >= chunk_size)).any()):
+        raise ValueError(f"chunk_offset must be in [0, chunk_size={chunk_size}), got {phase.tolist()}")
+    ends = phase + lengths
+    p = torch.arange(int(ends.max()), device=u.device)[None, :]
+    valid = (p >= phase[:, None]) & (p < ends[:, None])  # (N, L)
+    source = (cu_seqlens[:-1, None] + p - phase[:, None]).clamp(0, T - 1)
     rows = lambda x: None if x is None else x[0][source] * valid[..., None, None].to(x.dtype)  # noqa: E731
     o, state, chunk_state = kernel(
-        rows(u), rows(q), b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state, 0, valid,
-        self_referential, detach_values, row_ends=lengths, **{**extra, **({"v": rows(extra["v"])} if "v" in extra else {})},
+        rows(u), rows(q), b_eta, b_alpha, state, chunk_size, eta_max, chunk_state, 0, valid, row_ends=ends,
+        **({} if v is None else {"v": rows(v)}), **options,
     )
     packed = o.new_zeros(T, *o.shape[2:]).index_put((source[valid],), o[valid])
     return packed[None], state, chunk_state
 
 
 def self_referential_gated_delta_rule(
-    u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max=1.0, initial_chunk_state=None,
-    chunk_offset=0, attention_mask=None, self_referential=True, detach_values=False, row_ends=None, *, v=None,
-    normalize_values=True, cu_seqlens=None,
+    u, q, b_eta, b_alpha, *, initial_state=None, chunk_size=64, eta_max=1.0, v=None, normalize_values=True,
+    self_referential=True, detach_values=False, chunk_offset=0, attention_mask=None, cu_seqlens=None,
+    output_final_state=False,
 ):
     """Self-referential gated delta rule (Eq 83-93 of Nested Learning; docs/design.md, "The op's contract").
 
     Args:
         u, q: (B, T, H, d) memory input and query, each l2-normalised per head.
         b_eta, b_alpha: (H,) biases of the learning rate and decay (outside the memories).
-        initial_state: (B, H, d, 3d+2) running state; the meta-learned initial memories
-            expanded over the batch, or a cached state.
-        chunk_size: tokens per chunk; projections use the state at the chunk's start.
+        initial_state: the memories each sequence starts from: (N, H, d, 3d+2), the meta-learned
+            initial memories expanded over the sequences, or (N, H, 2, d, 3d+2) = (running state,
+            state at the start of the current chunk) as a previous call returned it. None: zeros.
+            N = B, or the number of sequences with ``cu_seqlens``.
+        chunk_size: tokens per chunk; projections use the state at the chunk's start (Eq 90).
         eta_max: upper bound of the learning rate eta = eta_max * sigmoid(.).
-        initial_chunk_state: (B, H, d, 3d+2) state the first chunk projects from; defaults to
-            ``initial_state``. With ``self_referential=False`` every chunk projects from it.
-        chunk_offset: position of the first token inside its chunk (to continue a sequence).
-        attention_mask: (B, T), 0 marks padding; padded tokens leave the state untouched.
+        v: (B, T, H, d) the value memory's own input, or None (Eq 90: u feeds every memory).
+            With it, v = M_v(v) while keys, rates and decays still come from u.
+        normalize_values: l2-normalise the values (default); False leaves them as the value
+            memory produced them.
+        self_referential: False projects every chunk from the initial chunk-start state.
         detach_values: stop-gradient on the self-generated values.
-        row_ends: (B,) or None; row b holds only padding from position row_ends[b] on. A chunk
-            boundary at position x then moves row b's chunk-start state to its running state
-            only if x <= row_ends[b], so the row keeps the chunk-start state it has alone across
-            its trailing padding (the titans mixer aligns the rows of a ragged batch to their
-            own chunk phases), and the CPU path skips a row's chunks of padding.
-        v (keyword): (B, T, H, d) the value memory's own input, or None (Eq 90: u feeds every
-            memory). With it, v = M_v(v_input) while keys, rates and decays still come from u.
-        normalize_values (keyword): l2-normalise the values v (default); False leaves them as
-            the value memory produced them.
-        cu_seqlens (keyword): (N+1,) int, fla's convention: N sequences packed into one row
-            (B = 1), sequence n at positions cu_seqlens[n] .. cu_seqlens[n+1]-1. Each starts from
-            its own initial_state (N, H, d, 3d+2) with a chunk grid from its first token; the
-            returned states are one per sequence (N, ...). No attention_mask, row_ends or
-            chunk_offset with it.
+        chunk_offset: position of each sequence's first token inside its chunk, to continue a
+            sequence: an int, or with ``cu_seqlens`` an (N,) tensor, one per sequence.
+        attention_mask: (B, T), 0 marks padding; padded tokens leave the state untouched.
+        cu_seqlens: (N+1,) int, fla's convention: N sequences packed into one row (B = 1),
+            sequence n at positions cu_seqlens[n] .. cu_seqlens[n+1]-1, each with its own state
+            and chunk grid. No attention_mask with it.
+        output_final_state: also return the final state.
 
     Returns:
-        o (B, T, H, d) in the dtype of ``u``; final running state and the chunk-start state
-        for the next token, both (B, H, d, 3d+2) in fp32 (or fp64).
+        o (B, T, H, d) in the dtype of ``u``, and the final state (N, H, 2, d, 3d+2) = (running
+        state, chunk-start state for the next token) in fp32 (fp64 for fp64 inputs), or None.
 
     The path follows the tensors' device. On CUDA: the fused Triton kernels of ``fused_chunk.py``
-    when the shapes fit them (self-referential, head_dim and chunk_size in 16/32/64), otherwise fla's Triton kernels (one call per chunk, or one call for the whole sequence
-    with ``self_referential=False``). Elsewhere: chunked torch.
+    when the shapes fit them (self-referential, head_dim and chunk_size in 16/32/64, none of v,
+    normalize_values=False or cu_seqlens), otherwise fla's Triton kernels (one call per chunk, or
+    one call for the whole sequence with ``self_referential=False``). Elsewhere: chunked torch.
     """
+    if initial_state is None:
+        N = u.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+        initial_state = u.new_zeros(N, u.shape[2], u.shape[3], state_width(u.shape[3]),
+                                    dtype=torch.promote_types(u.dtype, torch.float32))
+    state, chunk_state = _split_state(initial_state)
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
-    extra = {}
-    if row_ends is not None:
-        extra["row_ends"] = row_ends
+    options = {"self_referential": self_referential, "detach_values": detach_values}
     if v is not None or not normalize_values:
-        extra.update(v=v, normalize_values=normalize_values)
-    if (extra or cu_seqlens is not None) and u.is_cuda:  # the fused kernels take none of these
+        options.update(v=v, normalize_values=normalize_values)
+    if (v is not None or not normalize_values or cu_seqlens is not None) and u.is_cuda:  # the fused kernels take none
         kernel = fla_self_referential_gated_delta_rule
     with torch.autocast(u.device.type, enabled=False):  # the recurrence runs in its compute dtype, autocast or not
         if cu_seqlens is not None:
-            return _varlen(kernel, u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
-                           chunk_offset, attention_mask, self_referential, detach_values, row_ends, cu_seqlens,
-                           **{k: x for k, x in extra.items() if k != "row_ends"})
-        return kernel(
-            u, q, b_eta, b_alpha, initial_state, chunk_size, eta_max, initial_chunk_state,
-            chunk_offset, attention_mask, self_referential, detach_values, **extra,
-        )
+            if attention_mask is not None:
+                raise ValueError("cu_seqlens takes no attention_mask: every packed token is real")
+            o, state, chunk_state = _varlen(kernel, u, q, b_eta, b_alpha, state, chunk_state, chunk_size, eta_max,
+                                            chunk_offset, cu_seqlens, **options)
+        elif isinstance(chunk_offset, torch.Tensor):
+            raise ValueError("a chunk_offset per sequence (a tensor) needs cu_seqlens; without it pass an int")
+        else:
+            o, state, chunk_state = kernel(u, q, b_eta, b_alpha, state, chunk_size, eta_max, chunk_state, chunk_offset,
+                                           attention_mask, **options)
+    return o, torch.stack([state, chunk_state], dim=2) if output_final_state else None
