@@ -120,6 +120,33 @@ def test_bench_long_context_prefills_in_pieces_exactly_and_measures_every_model(
             assert bench.cache_bytes(cache) == 4 * 2 * (2 * 64 * 3 + 2 * 64 * 194)
 
 
+def test_bench_conversion_decode_measures_teacher_and_students(tmp_path, monkeypatch):
+    """On a tiny Llama: one row per model and length; the all-titans student's cache does not grow
+    with the prompt while the teacher's does, and a student keeping every other layer's attention
+    holds half the teacher's KV plus its titans states."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evaluation.benchmarks import bench_conversion_decode as bench
+
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    monkeypatch.chdir(tmp_path)
+    payload = bench.main(["--source", str(tmp_path / "llama"), "--students", "1/2", "", "--lengths", "16", "40",
+                          "--prefill-chunk", "8", "--decode-steps", "2"])
+    check_header(tmp_path / "outputs" / "bench_conversion_decode.json", "bench_conversion_decode")
+    rows = {(r["model"], r["length"]): r for r in payload["rows"]}
+    names = ["teacher", "student (attention 1/2)", "student (all titans)"]
+    assert set(rows) == {(n, length) for n in names for length in (16, 40)}
+    assert payload["attention_layers"] == {"teacher": [0, 1], "student (attention 1/2)": [0], "student (all titans)": []}
+    assert rows["student (all titans)", 16]["cache_bytes"] == rows["student (all titans)", 40]["cache_bytes"]
+    assert rows["teacher", 40]["cache_bytes"] > rows["teacher", 16]["cache_bytes"]
+    kv_per_layer = (rows["teacher", 40]["cache_bytes"] - rows["teacher", 16]["cache_bytes"]) / 2
+    growth = rows["student (attention 1/2)", 40]["cache_bytes"] - rows["student (attention 1/2)", 16]["cache_bytes"]
+    assert growth == kv_per_layer
+    assert all(r["decode_speedup_over_teacher"] > 0 for r in rows.values())
+
+
 def test_bench_packing_batches_hold_the_same_documents_and_loss():
     """The packed and padded batches of bench_packing hold the same documents: a model's loss is
     the same on both (every document read alone), in fp64."""

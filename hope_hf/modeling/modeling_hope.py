@@ -214,7 +214,10 @@ class HopeTitansMixer(nn.Module):
         """Causal depthwise conv + SiLU. x: (B, T, C); conv_state: (B, C, K-1) previous inputs.
         Returns (B, T, C) and the new conv state."""
         x = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)
-        out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
+        if x.shape[-1] == self.conv1d.kernel_size[0]:  # one window (decoding): a product, not a conv call
+            out = (x * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)
+        else:
+            out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
         return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - conv_state.shape[-1] :]
 
     def _run_memory(self, mixed, state, **op_options):
@@ -324,13 +327,15 @@ class HopeTitansMixer(nn.Module):
 
     def _decode_step(self, projected, conv_state, state, seen, mask):
         """One token per row; rows may sit at different positions in their chunk."""
-        valid = torch.ones_like(seen, dtype=torch.bool) if mask is None else mask[:, -1].bool()
+        valid = None if mask is None or bool(mask[:, -1].all()) else mask[:, -1].bool()
         mixed, new_conv = self._conv(projected, conv_state)
-        o, new_state = self._run_memory(mixed, state, attention_mask=valid[:, None])
-        conv_state = torch.where(valid[:, None, None], new_conv, conv_state)
+        o, new_state = self._run_memory(mixed, state, attention_mask=None if valid is None else valid[:, None])
+        conv_state = new_conv if valid is None else torch.where(valid[:, None, None], new_conv, conv_state)
         running, chunk_state = new_state[:, :, 0], state[:, :, 1]
-        if self.self_referential:
-            starts_chunk = valid & ((seen + 1) % self.chunk_size == 0)
+        starts_chunk = (seen.to(running.device) + 1) % self.chunk_size == 0
+        if valid is not None:
+            starts_chunk &= valid
+        if self.self_referential and bool(starts_chunk.any()):
             chunk_state = torch.where(starts_chunk[:, None, None, None], running, chunk_state)
         return o, conv_state, torch.stack([running, chunk_state], dim=2)
 
