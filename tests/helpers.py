@@ -9,6 +9,7 @@ CONFIGS = {
     "titans": dict(mixer="titans"),
     "titans_static": dict(mixer="titans", titans_self_referential=False),
     "titans_value_input": dict(mixer="titans", titans_value_projection=True, titans_normalize_values=False),
+    "titans_deep": dict(mixer="titans", titans_memory_depth=2),
     "attention": dict(mixer="attention", num_key_value_heads=2),
     "hybrid": dict(mixer=["titans", "attention", "titans"], num_hidden_layers=3),
     "hybrid_sliding": dict(mixer=["attention", "titans"], sliding_window=6),

@@ -20,6 +20,8 @@ from helpers import tiny_config
         (dict(cms_levels=[{"intermediate_size": 0, "update_period": 1}]), "cms_levels\\[0\\]\\['intermediate_size'\\]"),
         (dict(cms_levels=[{"intermediate_size": 8}]), "cms_levels\\[0\\]"),
         (dict(titans_eta_max=0.0), "titans_eta_max"),
+        (dict(titans_memory_depth=3), "titans_memory_depth"),
+        (dict(titans_memory_depth=2, titans_self_referential=False), "titans_memory_depth"),
         (dict(sliding_window=0), "sliding_window"),
     ],
 )

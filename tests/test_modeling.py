@@ -264,7 +264,7 @@ def each_row_alone(mixer, projected, conv_state, state, seen, mask):
     return o, torch.cat(conv_states), torch.cat(states)
 
 
-@pytest.mark.parametrize("name", ["titans", "titans_static", "titans_value_input"])
+@pytest.mark.parametrize("name", ["titans", "titans_static", "titans_value_input", "titans_deep"])
 def test_ragged_batch_equals_each_row_alone_at_different_chunk_phases(name):
     """The titans mixer's one path for ragged batches (every row one sequence of the op's
     cu_seqlens, at its own chunk phase) against each row alone: rows at phases 0, 1, 3 and 2 of
@@ -275,7 +275,7 @@ def test_ragged_batch_equals_each_row_alone_at_different_chunk_phases(name):
     B, T, width = 5, 11, mixer.conv1d.in_channels
     projected = torch.randn(B, T, width, dtype=torch.float64, requires_grad=True)
     conv_state = torch.randn(B, width, mixer.conv1d.kernel_size[0] - 1, dtype=torch.float64)
-    state = 0.1 * torch.randn(B, mixer.num_heads, 2, mixer.head_dim, 3 * mixer.head_dim + 2, dtype=torch.float64)
+    state = 0.1 * torch.randn(B, mixer.num_heads, 2, *mixer.initial_state.shape[1:], dtype=torch.float64)
     if not mixer.self_referential:
         state[:, :, 1] = mixer.initial_state.detach()
     seen = torch.tensor([8, 5, 7, 2, 6])  # phases 0, 1, 3, 2, 2

@@ -62,7 +62,7 @@ def test_safetensors_reload_in_fresh_process_gives_identical_logits(saved):
     assert out.strip() == "True"
 
 
-@pytest.mark.parametrize("saved", ["titans_value_input", "hybrid_sliding"], indirect=True)
+@pytest.mark.parametrize("saved", ["titans_value_input", "hybrid_sliding", "titans_deep"], indirect=True)
 def test_checkpoint_loads_with_stock_transformers_without_hope_hf(saved):
     config = json.loads((saved / "ckpt" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hope.HopeForCausalLM"

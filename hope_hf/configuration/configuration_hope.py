@@ -131,6 +131,11 @@ class HopeConfig(PreTrainedConfig):
         titans_normalize_values (`bool`):
             l2-normalise the values the value memory produces (keeps the self-feedback bounded);
             False leaves them unnormalised.
+        titans_memory_depth (`int`):
+            1: the main memory is a matrix per head, learning by the delta rule (Eq 88). 2: a
+            two-layer MLP with a residual, M(x) = x + n(silu(x W1)) W2 (Titans, Section 3.1),
+            learning by gradient steps taken at each chunk's start weights (Section 3.2); the
+            key, value, rate and decay memories stay linear. Needs `titans_self_referential`.
         titans_memory_init_std (`float`, *optional*):
             Std of the initial memories' deviation from identity (the meta-learned W_box,0).
             None uses `initializer_range`; near 0, k = v = u at start and the first writes are ~0.
@@ -195,6 +200,7 @@ class HopeConfig(PreTrainedConfig):
     titans_detach_values: bool = False
     titans_value_projection: bool = False
     titans_normalize_values: bool = True
+    titans_memory_depth: int = 1
     titans_memory_init_std: float | None = None
     titans_decay_init_min: float = 0.99
     titans_decay_init_max: float = 0.999
@@ -261,6 +267,10 @@ class HopeConfig(PreTrainedConfig):
                 )
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"`sliding_window` must be None or an int >= 1, got {self.sliding_window!r}")
+        validate_choice("titans_memory_depth", self.titans_memory_depth, (1, 2))
+        if self.titans_memory_depth == 2 and not self.titans_self_referential:
+            raise ValueError("`titans_memory_depth` 2 needs `titans_self_referential` True: the memory's gradients are "
+                             "taken at each chunk's start weights")
         if not self.titans_eta_max > 0:
             raise ValueError(f"`titans_eta_max` must be > 0, got {self.titans_eta_max!r}")
         if self.titans_memory_init_std is not None and not self.titans_memory_init_std >= 0:

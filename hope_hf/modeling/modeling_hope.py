@@ -26,6 +26,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from ..configuration.configuration_hope import HopeConfig
+from ..ops.deep_memory import deep_state_width
 from ..ops.self_referential import self_referential_gated_delta_rule, state_width
 from ..remote_code import RemoteCodeMixin
 from ..transformers_compat import CACHE_ARG, accepts_past_key_values, output_cache
@@ -194,6 +195,7 @@ class HopeTitansMixer(nn.Module):
         self.self_referential = config.titans_self_referential
         self.detach_values = config.titans_detach_values
         self.normalize_values = config.titans_normalize_values
+        self.memory_depth = config.titans_memory_depth
         inner = self.num_heads * self.head_dim
 
         self.u_proj = nn.Linear(config.hidden_size, inner, bias=False)
@@ -202,8 +204,10 @@ class HopeTitansMixer(nn.Module):
         # One causal depthwise conv over the channels of [u, q(, v)], so the cache holds one conv state.
         channels = (2 if self.v_proj is None else 3) * inner
         self.conv1d = nn.Conv1d(channels, channels, config.titans_conv_size, groups=channels, bias=False)
-        # Meta-learned initial memories W_box,0 (Eq 72-73 analog), stacked: (H, d, 3d+2).
-        self.initial_state = nn.Parameter(torch.zeros(self.num_heads, self.head_dim, state_width(self.head_dim)))
+        # Meta-learned initial memories W_box,0 (Eq 72-73 analog), stacked: (H, d, 3d+2), or (H, d, 4d+2)
+        # with a two-layer main memory (hope_hf.ops.deep_memory).
+        width = state_width(self.head_dim) if self.memory_depth == 1 else deep_state_width(self.head_dim)
+        self.initial_state = nn.Parameter(torch.zeros(self.num_heads, self.head_dim, width))
         self.b_eta = nn.Parameter(torch.zeros(self.num_heads))
         self.b_alpha = nn.Parameter(torch.zeros(self.num_heads))
         self.g_proj = nn.Linear(config.hidden_size, inner, bias=False)
@@ -231,7 +235,7 @@ class HopeTitansMixer(nn.Module):
         return self_referential_gated_delta_rule(
             u, q, self.b_eta, self.b_alpha, initial_state=state, chunk_size=self.chunk_size, eta_max=self.eta_max,
             v=v[0] if v else None, normalize_values=self.normalize_values, self_referential=self.self_referential,
-            detach_values=self.detach_values, output_final_state=True, **op_options,
+            detach_values=self.detach_values, output_final_state=True, memory_depth=self.memory_depth, **op_options,
         )
 
     def forward(

@@ -4,6 +4,7 @@ from .chunk import chunk_self_referential_gated_delta_rule, use_compiled_chunks
 from .fla_bridge import fla_self_referential_gated_delta_rule
 from .naive import naive_self_referential_gated_delta_rule
 from .common import state_width
+from ..deep_memory import chunk_deep_self_referential_rule, deep_state_width
 
 __all__ = [
     "chunk_self_referential_gated_delta_rule",
@@ -70,7 +71,7 @@ def _varlen(kernel, u, q, b_eta, b_alpha, state, chunk_state, chunk_size, eta_ma
 def self_referential_gated_delta_rule(
     u, q, b_eta, b_alpha, *, initial_state=None, chunk_size=64, eta_max=1.0, v=None, normalize_values=True,
     self_referential=True, detach_values=False, chunk_offset=0, attention_mask=None, cu_seqlens=None,
-    output_final_state=False,
+    output_final_state=False, memory_depth=1,
 ):
     """Self-referential gated delta rule (Eq 83-93 of Nested Learning; docs/design.md, "The op's contract").
 
@@ -96,6 +97,8 @@ def self_referential_gated_delta_rule(
             sequence n at positions cu_seqlens[n] .. cu_seqlens[n+1]-1, each with its own state
             and chunk grid. No attention_mask with it.
         output_final_state: also return the final state.
+        memory_depth: 1, or 2 for a two-layer MLP main memory (``hope_hf.ops.deep_memory``; its
+            state has 4d+2 columns; the chunked torch path on every device).
 
     Returns:
         o (B, T, H, d) in the dtype of ``u``, and the final state (N, H, 2, d, 3d+2) = (running
@@ -106,10 +109,12 @@ def self_referential_gated_delta_rule(
     normalize_values=False or cu_seqlens), otherwise fla's Triton kernels (one call per chunk, or
     one call for the whole sequence with ``self_referential=False``). Elsewhere: chunked torch.
     """
+    if memory_depth not in (1, 2):
+        raise ValueError(f"memory_depth must be 1 or 2, got {memory_depth!r}")
     if initial_state is None:
         N = u.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
-        initial_state = u.new_zeros(N, u.shape[2], u.shape[3], state_width(u.shape[3]),
-                                    dtype=torch.promote_types(u.dtype, torch.float32))
+        width = state_width(u.shape[3]) if memory_depth == 1 else deep_state_width(u.shape[3])
+        initial_state = u.new_zeros(N, u.shape[2], u.shape[3], width, dtype=torch.promote_types(u.dtype, torch.float32))
     state, chunk_state = _split_state(initial_state)
     kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
     options = {"self_referential": self_referential, "detach_values": detach_values}
@@ -117,6 +122,8 @@ def self_referential_gated_delta_rule(
         options.update(v=v, normalize_values=normalize_values)
     if (v is not None or not normalize_values or cu_seqlens is not None) and u.is_cuda:  # the fused kernels take none
         kernel = fla_self_referential_gated_delta_rule
+    if memory_depth == 2:
+        kernel = chunk_deep_self_referential_rule
     with torch.autocast(u.device.type, enabled=False):  # the recurrence runs in its compute dtype, autocast or not
         if cu_seqlens is not None:
             if attention_mask is not None:
