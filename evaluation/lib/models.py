@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.modeling.gated_deltanet_baseline import use_gated_deltanet
 
-MODELS = ("llama", "gated_deltanet", "hope_titans", "hope_hybrid", "hope_attention")
+MODELS = ("llama", "gated_deltanet", "hope_titans", "hope_hybrid", "hope_attention")  # the LM comparison's
+ALL_MODELS = (*MODELS, "hope_titans_deep")  # + titans with a two-layer MLP main memory (titans_memory_depth=2)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ModelShape:
     hybrid_pattern: tuple = ("titans", "attention")  # repeated over the layers
 
 
-def hope_config(shape: ModelShape, mixer, mlp_size: int, cms_periods) -> HopeConfig:
+def hope_config(shape: ModelShape, mixer, mlp_size: int, cms_periods, **overrides) -> HopeConfig:
     widths = [mlp_size] + [max(1, mlp_size // 2)] * (len(cms_periods) - 1)
     return HopeConfig(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
@@ -36,12 +37,12 @@ def hope_config(shape: ModelShape, mixer, mlp_size: int, cms_periods) -> HopeCon
         titans_chunk_size=shape.titans_chunk_size, titans_decay_init_min=shape.titans_decay_init_min,
         titans_decay_init_max=shape.titans_decay_init_max, tie_word_embeddings=False,
         cms_levels=[{"intermediate_size": w, "update_period": p} for w, p in zip(widths, cms_periods)],
-        mixer=mixer, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        mixer=mixer, pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides,
     )
 
 
 def build_model(name: str, shape: ModelShape, mlp_size: int):
-    """A freshly initialised model ``name`` (one of MODELS) with MLP width ``mlp_size``."""
+    """A freshly initialised model ``name`` (one of ALL_MODELS) with MLP width ``mlp_size``."""
     if name == "llama":
         config = LlamaConfig(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=mlp_size,
                              num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
@@ -53,10 +54,12 @@ def build_model(name: str, shape: ModelShape, mlp_size: int):
         model = HopeForCausalLM(hope_config(shape, "titans", mlp_size, cms_periods=(1,)))
         use_gated_deltanet(model)
         return model
+    if name == "hope_titans_deep":
+        return HopeForCausalLM(hope_config(shape, "titans", mlp_size, shape.cms_periods, titans_memory_depth=2))
     mixers = {"hope_titans": "titans", "hope_attention": "attention",
               "hope_hybrid": [shape.hybrid_pattern[i % len(shape.hybrid_pattern)] for i in range(shape.num_layers)]}
     if name not in mixers:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+        raise ValueError(f"model must be one of {ALL_MODELS}, got {name!r}")
     return HopeForCausalLM(hope_config(shape, mixers[name], mlp_size, shape.cms_periods))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from evaluation.lib.corpora import corpus_tag, prepare_corpus
-from evaluation.lib.models import MODELS, ModelShape, add_shape_arguments, build_model, matched_models, model_config, shape_from_args
+from evaluation.lib.models import ALL_MODELS, MODELS, ModelShape, add_shape_arguments, build_model, matched_models, model_config, shape_from_args
 from evaluation.lib.plots import plot_curves
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, output_path, run_cells
 from evaluation.lib.sweep import rate_search, tuned_summary
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--corpus", default="english", help="english, spanish, code, or a .txt file (one document a line)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=ALL_MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="model initialisation seeds; the first one chooses the learning rate")
     parser.add_argument("--steps", type=int, help="override the preset")
@@ -103,7 +103,7 @@ def main(argv=None):
     data = {f"{split}_tokens": b.numel() for split, b in blocks.items()}
     sizes = {**results.fields.get("parameters", {}), **sizes}  # a resumed file keeps its other models
     known = {*results.fields.get("parameters", {}), *args.models}
-    models = [name for name in MODELS if name in known]
+    models = [name for name in ALL_MODELS if name in known]
     run_settings = {k: v for k, v in asdict(settings).items() if k != "optimizer"}
     results.save(shape=asdict(shape), run_settings={**run_settings, "optimizer": "AdamW, betas (0.9, 0.95), weight "
                  "decay 0.1 except on parameters marked _no_weight_decay; the rate per run"}, parameters=sizes,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from evaluation.lib.corpora import corpus_tag, prepare_corpus
-from evaluation.lib.models import MODELS, add_shape_arguments, build_model, matched_models, shape_from_args
+from evaluation.lib.models import ALL_MODELS, add_shape_arguments, build_model, matched_models, shape_from_args
 from evaluation.lib.plots import pyplot, save_figure
 from evaluation.lib.results import ResultsFile, add_output_arguments, command_line, jsonable, output_path, run_cells
 from evaluation.lib.sweep import grid, rate_search, tuned_summary
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="the LM comparison's shape and schedule")
     parser.add_argument("--corpus", default="english")
-    parser.add_argument("--models", nargs="+", default=["hope_titans"], choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=["hope_titans"], choices=ALL_MODELS)
     parser.add_argument("--optimizers", nargs="+", default=list(DEFAULT_LRS), choices=list(DEFAULT_LRS))
     for name, lrs in DEFAULT_LRS.items():
         parser.add_argument(f"--lrs-{name}", nargs="+", type=float, default=lrs, help=f"default {lrs}")

@@ -55,6 +55,7 @@ ABLATIONS = {
     "titans_conv_8": dict(titans_conv_size=8),
     "titans_value_proj": dict(titans_value_projection=True),  # [False]: values from their own input W_v x
     "titans_raw_values": dict(titans_normalize_values=False),  # [True]: values not l2-normalised
+    "titans_deep": dict(titans_memory_depth=2),  # [1]: a two-layer MLP main memory (issue 30)
 }
 
 
