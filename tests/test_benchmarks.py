@@ -14,6 +14,8 @@ TINY = {
                   "--threads", "1"],
     "bench_titans_scaling": ["--seq-lens", "32", "64", "--hidden-size", "32", "--heads", "2", "--chunk-size", "16",
                              "--repeats", "1", "--threads", "1"],
+    "bench_deep_memory": ["--seq-lens", "24", "--batch-size", "2", "--hidden-size", "64", "--target-non-embedding",
+                          "300000", "--repeats", "1", "--threads", "1"],
     "bench_titans_paths": ["--seq-len", "64", "--hidden-size", "32", "--heads", "2", "--chunk-size", "16",
                            "--prompt-len", "18", "--batch-seq-len", "27", "--repeats", "1", "--threads", "1"],
 }
