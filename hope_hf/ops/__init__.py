@@ -1,5 +1,6 @@
 """Memory kernels. ops never imports modeling."""
 
+from .deep_memory import chunk_deep_self_referential_rule, deep_state_width, naive_deep_self_referential_rule
 from .self_referential import (
     chunk_self_referential_gated_delta_rule,
     fla_self_referential_gated_delta_rule,
@@ -10,6 +11,9 @@ from .self_referential import (
 )
 
 __all__ = [
+    "chunk_deep_self_referential_rule",
+    "deep_state_width",
+    "naive_deep_self_referential_rule",
     "chunk_self_referential_gated_delta_rule",
     "fla_self_referential_gated_delta_rule",
     "naive_self_referential_gated_delta_rule",

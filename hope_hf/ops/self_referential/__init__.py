@@ -4,7 +4,6 @@ from .chunk import chunk_self_referential_gated_delta_rule, use_compiled_chunks
 from .fla_bridge import fla_self_referential_gated_delta_rule
 from .naive import naive_self_referential_gated_delta_rule
 from .common import state_width
-from ..deep_memory import chunk_deep_self_referential_rule, deep_state_width
 
 __all__ = [
     "chunk_self_referential_gated_delta_rule",
@@ -111,6 +110,7 @@ def self_referential_gated_delta_rule(
     """
     if memory_depth not in (1, 2):
         raise ValueError(f"memory_depth must be 1 or 2, got {memory_depth!r}")
+    from ..deep_memory import chunk_deep_self_referential_rule, deep_state_width  # it builds on this package
     if initial_state is None:
         N = u.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
         width = state_width(u.shape[3]) if memory_depth == 1 else deep_state_width(u.shape[3])
