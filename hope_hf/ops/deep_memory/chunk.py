@@ -14,7 +14,7 @@ The linear memories run through ``delta_rule_chunk``. Backward is autograd's.
 import torch
 
 from ..self_referential.chunk import delta_rule_chunk
-from ..self_referential.common import compute_dtype, follow_boundary, memory_targets, project
+from ..self_referential.common import follow_boundary, head_first, memory_targets, project
 from .common import check_deep_inputs, hidden_activation, join_state, memory_gradients, mlp_memory, split_state
 
 
@@ -64,14 +64,10 @@ def chunk_deep_self_referential_rule(
     """See ``naive_deep_self_referential_rule``; the same results, a chunk at a time."""
     check_deep_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size,
                       chunk_offset, v, self_referential)
-    in_dtype, dtype = u.dtype, compute_dtype(u)
-    u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
-    value_input = None if v is None else v.transpose(1, 2).to(dtype)
-    b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
+    in_dtype = u.dtype
+    u, q, value_input, b_eta, b_alpha, state, chunk_state = head_first(
+        u, q, v, b_eta, b_alpha, initial_state, initial_chunk_state)  # (B, H, T, d)
     T = u.shape[2]
-
-    state = initial_state.to(dtype)
-    chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
     starts = [0, *range(chunk_size - chunk_offset, T, chunk_size)]
     outputs = []
     for start, end in zip(starts, [*starts[1:], T]):

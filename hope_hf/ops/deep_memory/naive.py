@@ -10,7 +10,7 @@ For each token t, with S_c the state at the start of t's chunk:
 
 import torch
 
-from ..self_referential.common import compute_dtype, follow_boundary, memory_targets, project
+from ..self_referential.common import follow_boundary, head_first, memory_targets, project
 from .common import check_deep_inputs, join_state, memory_gradients, mlp_memory, split_state
 
 
@@ -35,14 +35,10 @@ def naive_deep_self_referential_rule(
     """The arguments of ``hope_hf.ops.self_referential_gated_delta_rule``; states (B, H, d, 4d+2)."""
     check_deep_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size,
                       chunk_offset, v, self_referential)
-    in_dtype, dtype = u.dtype, compute_dtype(u)
-    u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
-    value_input = None if v is None else v.transpose(1, 2).to(dtype)
-    b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
+    in_dtype = u.dtype
+    u, q, value_input, b_eta, b_alpha, state, chunk_state = head_first(
+        u, q, v, b_eta, b_alpha, initial_state, initial_chunk_state)  # (B, H, T, d)
     T = u.shape[2]
-
-    state = initial_state.to(dtype)
-    chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
     outputs = []
     for t in range(T):
         if t > 0 and (chunk_offset + t) % chunk_size == 0:

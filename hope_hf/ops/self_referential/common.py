@@ -128,6 +128,16 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def head_first(u, q, v, b_eta, b_alpha, initial_state, initial_chunk_state):
+    """The inputs in the compute dtype, u, q, v head-first (B, H, T, d); the chunk-start state
+    defaulting to the initial state."""
+    dtype = compute_dtype(u)
+    u, q, v = (None if x is None else x.transpose(1, 2).to(dtype) for x in (u, q, v))
+    state = initial_state.to(dtype)
+    chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
+    return u, q, v, b_eta.to(dtype), b_alpha.to(dtype), state, chunk_state
+
+
 def follow_boundary(row_ends, position, state, chunk_state):
     """A chunk boundary at ``position``: the chunk-start state becomes the running state, except in
     rows whose ``row_ends`` (B,) lies before it (their trailing padding, see the op's docstring)."""
@@ -165,14 +175,9 @@ def scan_chunks(
     whole sequence in one call.
     """
     check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset, v)
-    in_dtype, dtype = u.dtype, compute_dtype(u)
-    u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
-    v = None if v is None else v.transpose(1, 2).to(dtype)
-    b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
+    in_dtype = u.dtype
+    u, q, v, b_eta, b_alpha, state, chunk_state = head_first(u, q, v, b_eta, b_alpha, initial_state, initial_chunk_state)
     T = u.shape[2]
-
-    state = initial_state.to(dtype)
-    chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
     if not self_referential and whole_sequence_if_static:
         starts = [0]
     else:

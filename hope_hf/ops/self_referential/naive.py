@@ -10,7 +10,7 @@ state at the start of t's chunk:
 
 import torch
 
-from .common import check_inputs, compute_dtype, follow_boundary, memory_slices, memory_targets, project
+from .common import check_inputs, follow_boundary, head_first, memory_slices, memory_targets, project
 
 
 def naive_self_referential_gated_delta_rule(
@@ -33,15 +33,11 @@ def naive_self_referential_gated_delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """See ``hope_hf.ops.self_referential_gated_delta_rule`` for the arguments."""
     check_inputs(u, q, b_eta, b_alpha, initial_state, initial_chunk_state, attention_mask, chunk_size, chunk_offset, v)
-    in_dtype, dtype = u.dtype, compute_dtype(u)
-    u, q = (x.transpose(1, 2).to(dtype) for x in (u, q))  # (B, H, T, d)
-    value_input = None if v is None else v.transpose(1, 2).to(dtype)
-    b_eta, b_alpha = b_eta.to(dtype), b_alpha.to(dtype)
+    in_dtype = u.dtype
+    u, q, value_input, b_eta, b_alpha, state, chunk_state = head_first(
+        u, q, v, b_eta, b_alpha, initial_state, initial_chunk_state)  # (B, H, T, d)
     T, d = u.shape[2], u.shape[3]
     mem = memory_slices(d)["memory"]
-
-    state = initial_state.to(dtype)
-    chunk_state = state if initial_chunk_state is None else initial_chunk_state.to(dtype)
     outputs = []
     for t in range(T):
         if self_referential and t > 0 and (chunk_offset + t) % chunk_size == 0:
