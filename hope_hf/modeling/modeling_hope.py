@@ -177,12 +177,13 @@ class HopeTitansMixer(nn.Module):
     M_alpha (one stacked state of shape d x (3d+2) per head, see hope_hf.ops) produce keys,
     values, rates and decays from u (values from l2norm(conv(W_v x)) with
     `titans_value_projection`), generate their own targets and learn in context by the delta
-    rule; o = M_mem(q), then a gated RMSNorm and W_o.
+    rule; o = M_mem(q), then a gated RMSNorm and W_o. With `titans_memory_depth=2` M_mem is a
+    two-layer MLP (hope_hf.ops.deep_memory) and the state is d x (4d+2).
 
     Cache (transformers' LinearAttentionLayer): conv state (B, n*H*d, conv_size-1), n = 2 inputs
-    (u, q) or 3 (u, q, v), and a
-    recurrent state (B, H, 2, d, 3d+2) = (running state, state at the start of the current
-    chunk); HopeCache counts the tokens each row has seen. O(1) in sequence length.
+    (u, q) or 3 (u, q, v), and a recurrent state (B, H, 2, d, width) = (running state, state at
+    the start of the current chunk); HopeCache counts the tokens each row has seen. O(1) in
+    sequence length.
     """
 
     def __init__(self, config: HopeConfig, layer_idx: int):
@@ -226,7 +227,7 @@ class HopeTitansMixer(nn.Module):
 
     def _run_memory(self, mixed, state, **op_options):
         """Normalise u, q (and v) and run the memory op. mixed: (B, T, n*H*d) after the conv;
-        state: (N, H, 2, d, 3d+2). Returns o (B, T, H, d) and the final state (N, H, 2, d, 3d+2)."""
+        state: (N, H, 2, d, width). Returns o (B, T, H, d) and the final state (N, H, 2, d, width)."""
         B, T, _ = mixed.shape
         inputs = mixed.view(B, T, -1, self.num_heads, self.head_dim).unbind(2)
         # in fp32 at least: F.normalize's eps underflows in fp16, and a zero input (a padding embedding) gives NaN
@@ -254,7 +255,7 @@ class HopeTitansMixer(nn.Module):
         projected = torch.cat([proj(hidden_states) for proj in projections], dim=-1)
         initial = self.initial_state.unsqueeze(0).expand(B, -1, -1, -1)
         conv_state = projected.new_zeros(B, projected.shape[-1], self.conv1d.kernel_size[0] - 1)
-        state, seen = torch.stack([initial, initial], dim=2), None  # (B, H, 2, d, 3d+2): running, chunk-start
+        state, seen = torch.stack([initial, initial], dim=2), None  # (B, H, 2, d, width): running, chunk-start
         if cache is not None and cache.get_recurrent_state(self.layer_idx) is not None:
             # clones: the cache updates its buffers in place, which must not touch autograd's inputs
             conv_state = cache.get_conv_state(self.layer_idx).clone()
@@ -289,7 +290,7 @@ class HopeTitansMixer(nn.Module):
         """Padded rows, rows at different chunk phases, or packed documents: every row's real
         tokens (each document of a packed row) become one sequence of the op's ``cu_seqlens``,
         convolved from its row's conv state and continued at its row's chunk phase. Rows with no
-        real token keep their states. projected: (B, T, n*H*d); state: (B, H, 2, d, 3d+2).
+        real token keep their states. projected: (B, T, n*H*d); state: (B, H, 2, d, width).
         Returns o (B, T, H, d), the conv states and the states of the rows."""
         B, T, width = projected.shape
         device, K1 = projected.device, conv_state.shape[-1]
