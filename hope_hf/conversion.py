@@ -96,7 +96,11 @@ def init_titans_from_attention(mixer: nn.Module, attention: nn.Module) -> None:
     mixer.o_proj.weight.copy_(attention.o_proj.weight)
     mixer.conv1d.weight.zero_()
     mixer.conv1d.weight[..., -1] = 1.0  # the causal conv passes the current token through
+    d = head_dim
+    first_layer = mixer.initial_state[..., 2 * d : 3 * d].clone()
     mixer.initial_state.zero_()  # memories at the identity
+    if mixer.memory_depth == 2:  # an MLP memory keeps its drawn W1 (W2 = 0 is the identity; W1 = W2 = 0 cannot learn)
+        mixer.initial_state[..., 2 * d : 3 * d] = first_layer
     mixer.g_proj.weight.zero_()  # the output gate starts closed
     mixer.o_norm.weight.fill_(1.0)
 

@@ -37,9 +37,10 @@ def test_keeping_every_attention_layer_computes_what_the_llama_computes(tie):
         torch.testing.assert_close(hope(x).logits, llama(x).logits, atol=1e-5, rtol=0)
 
 
-def test_titans_mixers_take_the_attention_weights_and_start_closed():
+@pytest.mark.parametrize("depth", [1, 2])
+def test_titans_mixers_take_the_attention_weights_and_start_closed(depth):
     llama = tiny_llama()
-    hope = convert_llama_to_hope(llama, "1/2", titans_chunk_size=8)
+    hope = convert_llama_to_hope(llama, "1/2", titans_chunk_size=8, titans_memory_depth=depth)
     assert hope.config.mixers == ["attention", "titans", "attention", "titans"]
     mixer, attention = hope.model.layers[1].mixer, llama.model.layers[1].self_attn
     d, groups = mixer.head_dim, 2  # 4 query heads share 2 key/value heads
@@ -49,7 +50,10 @@ def test_titans_mixers_take_the_attention_weights_and_start_closed():
         rows, kv_rows = slice(head * d, (head + 1) * d), slice(head // groups * d, (head // groups + 1) * d)
         assert torch.equal(mixer.u_proj.weight[rows], attention.k_proj.weight[kv_rows])
         assert torch.equal(mixer.v_proj.weight[rows], attention.v_proj.weight[kv_rows])
-    assert mixer.initial_state.abs().max() == 0 and mixer.g_proj.weight.abs().max() == 0
+    first_layer = slice(2 * d, 3 * d)  # a depth-2 memory's W1: drawn, not zero (W2 = 0 makes it the identity)
+    assert (mixer.initial_state[..., first_layer].abs().max() > 0) == (depth == 2)
+    assert mixer.initial_state[..., : 2 * d].abs().max() == 0 and mixer.initial_state[..., 3 * d :].abs().max() == 0
+    assert mixer.g_proj.weight.abs().max() == 0
     # a closed gate: the converted model computes the Llama with those layers' attention removed
     removed = tiny_llama()
     removed.load_state_dict(llama.state_dict())
