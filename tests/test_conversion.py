@@ -180,3 +180,28 @@ def test_script_distills_mixers_with_lora_elsewhere_and_saves_merged(llama_dir, 
     frozen = [name for name in changed if name.startswith("model.embed_tokens") or name.endswith(("mixer_norm.weight",
                                                                                                   "cms_norm.weight"))]
     assert not frozen and "model.norm.weight" not in changed
+
+
+def test_students_runner_converts_each_student_measures_passkey_and_resumes(llama_dir, tmp_path):
+    """evaluation.conversion.run_students on a tiny Llama: the teacher's passkey run, then each
+    student through the real conversion command (a subprocess) and its passkey run; a second call
+    with --resume runs nothing again."""
+    from evaluation.conversion import run_students
+
+    argv = ["--source", str(llama_dir), "--students", "1/2", "", "--match-steps", "4", "--distill-steps", "2",
+            "--passkey-lengths", "200", "--passkey-examples", "1", "--work-dir", str(tmp_path / "work"),
+            "--output", str(tmp_path / "students.json"), "--conversion-args",
+            "--data english --block-size 32 --batch-size 4 --chunk-size 8 --eval-every 2 --save-every 2 "
+            "--warmup-steps 1 --test-blocks 4"]
+    saved = run_students.main(argv)
+    assert [(r["model"], r.get("keep_attention")) for r in saved["runs"]] == [("teacher", None), ("student", "1/2"),
+                                                                              ("student", "")]
+    teacher, half, none = saved["runs"]
+    assert all(0 <= r["passkey_accuracy"] <= 1 and set(r["passkey_accuracy_by_length"]) == {"200"} for r in saved["runs"])
+    assert half["attention_layers"] == [0, 2] and half["titans_layers"] == [1, 3] and none["titans_layers"] == [0, 1, 2, 3]
+    for run in (half, none):
+        assert set(run["test_perplexity"]) == {"teacher", "student"} and set(run["test_perplexity"]["student"]) == {"english"}
+        assert run["training_tokens"] == {"match": 4 * 4 * 32, "distill": 2 * 4 * 32} and run["wall_s"] > 0
+    assert (tmp_path / "work" / "all_titans" / "final" / "config.json").exists()
+    again = run_students.main([*argv, "--resume"])
+    assert again["runs"] == saved["runs"]  # nothing ran again
