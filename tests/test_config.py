@@ -22,6 +22,7 @@ from helpers import tiny_config
         (dict(titans_eta_max=0.0), "titans_eta_max"),
         (dict(titans_memory_depth=3), "titans_memory_depth"),
         (dict(titans_memory_depth=2, titans_self_referential=False), "titans_memory_depth"),
+        (dict(titans_memory_depth=2, titans_memory_init_std=0.0), "titans_memory_depth"),
         (dict(sliding_window=0), "sliding_window"),
     ],
 )

@@ -194,3 +194,39 @@ def test_kernels_compile_for_hopper(tmp_path):
     assert {(k["kernel"], k["operands"]) for k in kernels} == {(kernel, operands) for kernel in ("forward", "backward")
                                                                 for operands in ("tf32", "ieee")}
     assert all(k["fits"] and k["ptx_lines"] > 0 for k in kernels), kernels
+
+
+def test_dispatch_picks_a_path_for_every_input():
+    from hope_hf.ops import chunk_deep_self_referential_rule, chunk_self_referential_gated_delta_rule
+    from hope_hf.ops.self_referential import _pick_kernel
+
+    pick = lambda **kw: _pick_kernel(**{"cuda": True, "head_dim": 64, "chunk_size": 64, "self_referential": True,  # noqa: E731
+                                        "value_options": False, "varlen": False, "output_final_state": True,
+                                        "memory_depth": 1, **kw})
+    assert pick(cuda=False) is chunk_self_referential_gated_delta_rule
+    assert pick(memory_depth=2) is chunk_deep_self_referential_rule and pick(cuda=False, memory_depth=2) is pick(memory_depth=2)
+    assert pick() is fused
+    assert pick(value_options=True) is fla_self_referential_gated_delta_rule
+    assert pick(varlen=True) is fla_self_referential_gated_delta_rule  # a sequence's chunk-start state needs row_ends
+    assert pick(varlen=True, output_final_state=False) is fused  # outputs and running state need none
+
+
+@needs_kernels
+def test_fused_kernel_on_packed_sequences_gives_outputs_and_running_states():
+    """cu_seqlens through the fused kernel (no row_ends: what the CUDA dispatch does when no final
+    state is asked for), sequences at chunk phases 12 and 3: each sequence's outputs and running
+    state are the reference's (its chunk-start state would need row_ends)."""
+    from hope_hf.ops.self_referential import _varlen
+
+    lengths, chunk, H, d = [9, 14], 16, 2, 16
+    T = sum(lengths)
+    u, q, b_eta, b_alpha, _ = (x.detach().float() for x in make_inputs(1, T, H, d, torch.float64))
+    state = 0.2 * torch.randn(len(lengths), H, d, state_width(d), device=DEVICE)
+    chunk_state = state + 0.05 * torch.randn_like(state)
+    cu_seqlens, offsets = torch.tensor([0, 9, T], device=DEVICE), torch.tensor([12, 3], device=DEVICE)
+    o, final, _ = _varlen(fused, u, q, b_eta, b_alpha, state, chunk_state, chunk, 1.0, offsets, cu_seqlens)
+    for n, (a, b) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+        o_n, final_n, _ = naive_self_referential_gated_delta_rule(
+            u[:, a:b], q[:, a:b], b_eta, b_alpha, state[n : n + 1], chunk, 1.0, chunk_state[n : n + 1], int(offsets[n]))
+        torch.testing.assert_close(o[:, a:b], o_n, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(final[n : n + 1], final_n, atol=1e-4, rtol=1e-4)

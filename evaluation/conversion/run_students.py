@@ -6,7 +6,8 @@ student with the same budgets; its results.json holds the test-split perplexity 
 student on every domain and the tokens of each stage. Then the passkey test runs on the saved
 student (and once on the teacher) at context lengths beyond the training blocks
 (evaluation.long_context.run_niah). One results file, one run per model, written after each;
---resume skips what is done, and an interrupted conversion resumes from its checkpoints.
+--resume skips what is done and resumes an interrupted conversion from its checkpoints (same
+settings: a conversion folder does not record them); without it every conversion starts afresh.
 
     python -m evaluation.conversion.run_students --match-steps 40 --distill-steps 40 --mixed-precision bf16
     python -m evaluation.conversion.run_students --students 1/4 --conversion-args "--distill-params mixers"
@@ -51,10 +52,13 @@ def convert(args, spec: str) -> dict:
     folder = student_folder(args, spec)
     command = [sys.executable, str(ROOT / "scripts" / "convert_llama_to_hope.py"), *([args.source] if args.source else []),
                "--keep-attention", spec, "--output-dir", str(folder), "--match-steps", str(args.match_steps),
-               "--distill-steps", str(args.distill_steps), "--mixed-precision", args.mixed_precision, "--resume",
-               *shlex.split(args.conversion_args)]
+               "--distill-steps", str(args.distill_steps), "--mixed-precision", args.mixed_precision,
+               *(["--resume"] if args.resume else []), *shlex.split(args.conversion_args)]
+    (folder / "results.json").unlink(missing_ok=True)  # what an earlier conversion in this folder measured
     start = time.perf_counter()
     subprocess.run(command, check=True)
+    if not (folder / "results.json").exists():
+        raise SystemExit(f"the conversion of student {spec!r} stopped before its end; rerun with --resume")
     return {**json.loads((folder / "results.json").read_text()), "wall_s": time.perf_counter() - start}
 
 
@@ -87,7 +91,6 @@ def main(argv=None):
 
     cells = [{"model": "teacher"}] + [{"model": "student", "keep_attention": spec} for spec in args.students]
     runs = run_cells(results, cells, run_cell)
-    teacher = next((r for r in results.runs if r.get("test_perplexity")), None)
     for run in runs:
         label = run["model"] if run["model"] == "teacher" else f"student, attention {run['keep_attention'] or 'none'}"
         ppl = ""
@@ -95,7 +98,7 @@ def main(argv=None):
             ppl = ", ".join(f"{domain} {value:.1f} (teacher {run['test_perplexity']['teacher'][domain]:.1f})"
                             for domain, value in run["test_perplexity"]["student"].items())
         print(f"{label}: passkey {run['passkey_accuracy']:.2f}{'; test perplexity ' + ppl if ppl else ''}")
-    print(f"wrote {path}" + ("" if teacher else " (no student yet)"))
+    print(f"wrote {path}")
     return results.saved
 
 

@@ -271,6 +271,9 @@ class HopeConfig(PreTrainedConfig):
         if self.titans_memory_depth == 2 and not self.titans_self_referential:
             raise ValueError("`titans_memory_depth` 2 needs `titans_self_referential` True: the memory's gradients are "
                              "taken at each chunk's start weights")
+        if self.titans_memory_depth == 2 and self.titans_memory_init_std == 0:
+            raise ValueError("`titans_memory_depth` 2 needs `titans_memory_init_std` > 0 (or None): with W1 = W2 = 0 the "
+                             "MLP memory and its gradients stay zero")
         if not self.titans_eta_max > 0:
             raise ValueError(f"`titans_eta_max` must be > 0, got {self.titans_eta_max!r}")
         if self.titans_memory_init_std is not None and not self.titans_memory_init_std >= 0:

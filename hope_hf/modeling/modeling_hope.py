@@ -220,12 +220,12 @@ class HopeTitansMixer(nn.Module):
         Returns (B, T, C) and the new conv state."""
         x = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)
         if x.shape[-1] == self.conv1d.kernel_size[0]:  # one window (decoding): a product, not a conv call
-            out = (x * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)
+            out = (x * self.conv1d.weight[:, 0].to(x.dtype)).sum(-1, keepdim=True)
         else:
             out = F.conv1d(x, self.conv1d.weight, groups=x.shape[1])
         return F.silu(out).transpose(1, 2), x[..., x.shape[-1] - conv_state.shape[-1] :]
 
-    def _run_memory(self, mixed, state, **op_options):
+    def _run_memory(self, mixed, state, output_final_state=True, **op_options):
         """Normalise u, q (and v) and run the memory op. mixed: (B, T, n*H*d) after the conv;
         state: (N, H, 2, d, width). Returns o (B, T, H, d) and the final state (N, H, 2, d, width)."""
         B, T, _ = mixed.shape
@@ -236,7 +236,8 @@ class HopeTitansMixer(nn.Module):
         return self_referential_gated_delta_rule(
             u, q, self.b_eta, self.b_alpha, initial_state=state, chunk_size=self.chunk_size, eta_max=self.eta_max,
             v=v[0] if v else None, normalize_values=self.normalize_values, self_referential=self.self_referential,
-            detach_values=self.detach_values, output_final_state=True, memory_depth=self.memory_depth, **op_options,
+            detach_values=self.detach_values, output_final_state=output_final_state, memory_depth=self.memory_depth,
+            **op_options,
         )
 
     def forward(
@@ -264,16 +265,16 @@ class HopeTitansMixer(nn.Module):
         if not self.self_referential:  # projections stay with the meta-learned memories
             state = torch.stack([state[:, :, 0], initial], dim=2)
 
-        all_real = attention_mask is None or bool(attention_mask.all())
-        same_phase = seen is None or bool((seen == seen[0]).all())
         if seen is not None and T == 1:
             o, conv_state, state = self._decode_step(projected, conv_state, state, seen, attention_mask)
-        elif packed_sequences is None and all_real and same_phase:
+        elif (packed_sequences is None and (attention_mask is None or bool(attention_mask.all()))
+              and (seen is None or bool((seen == seen[0]).all()))):  # every token real, one chunk phase
             mixed, conv_state = self._conv(projected, conv_state)
             offset = 0 if seen is None else int(seen[0]) % self.chunk_size
             o, state = self._run_memory(mixed, state, chunk_offset=offset)
         else:
-            o, conv_state, state = self._ragged(projected, conv_state, state, seen, attention_mask, packed_sequences)
+            o, conv_state, state = self._ragged(projected, conv_state, state, seen, attention_mask, packed_sequences,
+                                                keep_state=cache is not None)
 
         if cache is not None:
             cache.update_conv_state(conv_state, self.layer_idx)
@@ -286,12 +287,13 @@ class HopeTitansMixer(nn.Module):
         gate = F.silu(self.g_proj(hidden_states)).view(B, T, self.num_heads, self.head_dim)
         return self.o_proj((self.o_norm(o) * gate).reshape(B, T, -1))
 
-    def _ragged(self, projected, conv_state, state, seen, mask, packed_sequences):
+    def _ragged(self, projected, conv_state, state, seen, mask, packed_sequences, keep_state=True):
         """Padded rows, rows at different chunk phases, or packed documents: every row's real
         tokens (each document of a packed row) become one sequence of the op's ``cu_seqlens``,
         convolved from its row's conv state and continued at its row's chunk phase. Rows with no
         real token keep their states. projected: (B, T, n*H*d); state: (B, H, 2, d, width).
-        Returns o (B, T, H, d), the conv states and the states of the rows."""
+        Returns o (B, T, H, d), the conv states and the states of the rows (with ``keep_state``
+        False, or for packed rows, which are never continued, the states given)."""
         B, T, width = projected.shape
         device, K1 = projected.device, conv_state.shape[-1]
         real = torch.ones(B, T, dtype=torch.bool, device=device) if mask is None else mask.bool()
@@ -321,9 +323,11 @@ class HopeTitansMixer(nn.Module):
         mixed = F.silu(convolved[token_at - K1])
 
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0))
-        o, new_state = self._run_memory(mixed[None], state[row_of], cu_seqlens=cu_seqlens, chunk_offset=phase)
+        keep_state = keep_state and packed_sequences is None  # the model refuses a cache with packed rows
+        o, new_state = self._run_memory(mixed[None], state[row_of], output_final_state=keep_state,
+                                        cu_seqlens=cu_seqlens, chunk_offset=phase)
         o = o.new_zeros(B * T, self.num_heads, self.head_dim).index_put((positions,), o[0])
-        if packed_sequences is not None:  # a packed row is never continued (the model refuses a cache with it)
+        if not keep_state:
             return o.view(B, T, self.num_heads, self.head_dim), conv_state, state
         tail_at = (segment_starts + lengths)[:, None] + torch.arange(K1, device=device)  # last K-1 inputs: (N, K-1)
         conv_state = conv_state.index_put((row_of,), extended[tail_at].transpose(1, 2).to(conv_state.dtype))
@@ -332,7 +336,8 @@ class HopeTitansMixer(nn.Module):
 
     def _decode_step(self, projected, conv_state, state, seen, mask):
         """One token per row; rows may sit at different positions in their chunk."""
-        valid = None if mask is None or bool(mask[:, -1].all()) else mask[:, -1].bool()
+        on_cpu = not projected.is_cuda  # on CPU skip what no row needs; on CUDA that check would sync every token
+        valid = None if mask is None or (on_cpu and bool(mask[:, -1].all())) else mask[:, -1].bool()
         mixed, new_conv = self._conv(projected, conv_state)
         o, new_state = self._run_memory(mixed, state, attention_mask=None if valid is None else valid[:, None])
         conv_state = new_conv if valid is None else torch.where(valid[:, None, None], new_conv, conv_state)
@@ -340,7 +345,7 @@ class HopeTitansMixer(nn.Module):
         starts_chunk = (seen.to(running.device) + 1) % self.chunk_size == 0
         if valid is not None:
             starts_chunk &= valid
-        if self.self_referential and bool(starts_chunk.any()):
+        if self.self_referential and (not on_cpu or bool(starts_chunk.any())):
             chunk_state = torch.where(starts_chunk[:, None, None, None], running, chunk_state)
         return o, conv_state, torch.stack([running, chunk_state], dim=2)
 

@@ -1,3 +1,5 @@
+import inspect
+
 import torch
 
 from .chunk import chunk_self_referential_gated_delta_rule, use_compiled_chunks
@@ -23,6 +25,22 @@ def _cuda_kernel(head_dim: int, chunk_size: int, self_referential: bool):
     return fla_self_referential_gated_delta_rule
 
 
+def _pick_kernel(cuda: bool, head_dim: int, chunk_size: int, self_referential: bool, value_options: bool,
+                 varlen: bool, output_final_state: bool, memory_depth: int):
+    """The path for these inputs (docs/design.md, "The op's contract")."""
+    if memory_depth == 2:
+        from ..deep_memory import chunk_deep_self_referential_rule  # it builds on this package
+
+        return chunk_deep_self_referential_rule
+    if not cuda:
+        return chunk_self_referential_gated_delta_rule
+    # The fused kernels take no value options and no row_ends: with cu_seqlens they give the outputs and
+    # the running state exactly, but a sequence's chunk-start state only through the fla bridge's row_ends.
+    if value_options or (varlen and output_final_state):
+        return fla_self_referential_gated_delta_rule
+    return _cuda_kernel(head_dim, chunk_size, self_referential)
+
+
 def _split_state(initial_state, name="initial_state"):
     """(N, H, d, W) -> (running, None); (N, H, 2, d, W) -> (running, chunk-start), as returned."""
     if initial_state.dim() == 5:
@@ -37,8 +55,9 @@ def _varlen(kernel, u, q, b_eta, b_alpha, state, chunk_state, chunk_size, eta_ma
             v=None, **options):
     """``kernel`` on sequences packed into one row (``cu_seqlens``). Sequence n becomes row n of a
     right-padded batch, its first token at position chunk_offset[n] so that its chunk grid is its
-    own; ``row_ends`` keeps its chunk-start state across its trailing padding (and lets the CPU
-    path skip chunks of padding). The outputs go back to the packed positions."""
+    own; ``row_ends``, for the kernels that take it, keeps its chunk-start state across its
+    trailing padding (and lets the CPU path skip chunks of padding). The outputs go back to the
+    packed positions."""
     if u.shape[0] != 1:
         raise ValueError(f"with cu_seqlens, u must hold one packed row (batch 1), got batch {u.shape[0]}")
     T = u.shape[1]
@@ -59,8 +78,10 @@ def _varlen(kernel, u, q, b_eta, b_alpha, state, chunk_state, chunk_size, eta_ma
     valid = (p >= phase[:, None]) & (p < ends[:, None])  # (N, L)
     source = (cu_seqlens[:-1, None] + p - phase[:, None]).clamp(0, T - 1)
     rows = lambda x: None if x is None else x[0][source] * valid[..., None, None].to(x.dtype)  # noqa: E731
+    if "row_ends" in inspect.signature(kernel).parameters:  # the fused kernels take none (see _pick_kernel)
+        options["row_ends"] = ends
     o, state, chunk_state = kernel(
-        rows(u), rows(q), b_eta, b_alpha, state, chunk_size, eta_max, chunk_state, 0, valid, row_ends=ends,
+        rows(u), rows(q), b_eta, b_alpha, state, chunk_size, eta_max, chunk_state, 0, valid,
         **({} if v is None else {"v": rows(v)}), **options,
     )
     packed = o.new_zeros(T, *o.shape[2:]).index_put((source[valid],), o[valid])
@@ -104,26 +125,26 @@ def self_referential_gated_delta_rule(
         state, chunk-start state for the next token) in fp32 (fp64 for fp64 inputs), or None.
 
     The path follows the tensors' device. On CUDA: the fused Triton kernels of ``fused_chunk.py``
-    when the shapes fit them (self-referential, head_dim and chunk_size in 16/32/64, none of v,
-    normalize_values=False or cu_seqlens), otherwise fla's Triton kernels (one call per chunk, or
-    one call for the whole sequence with ``self_referential=False``). Elsewhere: chunked torch.
+    when the shapes fit them (self-referential, head_dim and chunk_size in 16/32/64, neither v nor
+    normalize_values=False, and not cu_seqlens with output_final_state), otherwise fla's Triton
+    kernels (one call per chunk, or one call for the whole sequence with
+    ``self_referential=False``). Elsewhere, and for memory_depth=2: chunked torch.
     """
     if memory_depth not in (1, 2):
         raise ValueError(f"memory_depth must be 1 or 2, got {memory_depth!r}")
-    from ..deep_memory import chunk_deep_self_referential_rule, deep_state_width  # it builds on this package
     if initial_state is None:
+        if memory_depth == 2:
+            raise ValueError("memory_depth=2 needs an initial_state: with W1 = W2 = 0 the MLP memory never learns")
         N = u.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
-        width = state_width(u.shape[3]) if memory_depth == 1 else deep_state_width(u.shape[3])
-        initial_state = u.new_zeros(N, u.shape[2], u.shape[3], width, dtype=torch.promote_types(u.dtype, torch.float32))
+        initial_state = u.new_zeros(N, u.shape[2], u.shape[3], state_width(u.shape[3]),
+                                    dtype=torch.promote_types(u.dtype, torch.float32))
     state, chunk_state = _split_state(initial_state)
-    kernel = _cuda_kernel(u.shape[-1], chunk_size, self_referential) if u.is_cuda else chunk_self_referential_gated_delta_rule
     options = {"self_referential": self_referential, "detach_values": detach_values}
-    if v is not None or not normalize_values:
+    value_options = v is not None or not normalize_values
+    if value_options:
         options.update(v=v, normalize_values=normalize_values)
-    if (v is not None or not normalize_values or cu_seqlens is not None) and u.is_cuda:  # the fused kernels take none
-        kernel = fla_self_referential_gated_delta_rule
-    if memory_depth == 2:
-        kernel = chunk_deep_self_referential_rule
+    kernel = _pick_kernel(u.is_cuda, u.shape[-1], chunk_size, self_referential, value_options, cu_seqlens is not None,
+                          output_final_state, memory_depth)
     with torch.autocast(u.device.type, enabled=False):  # the recurrence runs in its compute dtype, autocast or not
         if cu_seqlens is not None:
             if attention_mask is not None:
