@@ -1,21 +1,24 @@
 """Chunk-parallel path of the self-referential memory with a two-layer main memory (Titans
-Section 3.2): every token's gradient is taken at its chunk's start weights, so a chunk's updates
-are sums of per-token terms and its reads are matrix products. With gamma_t = prod_{s<=t}
-alpha_s inside the chunk, W_r the running weights at its start and D_ts = (gamma_t / gamma_s)
-eta_s / C for s <= t:
+Section 3.2). W1's per-token gradients are taken at the chunk's start weights, so its updates are
+sums of per-token terms and its reads are matrix products. With gamma_t = prod_{s<=t} alpha_s
+inside the chunk, W1_r the running weights at its start and D_ts = (gamma_t / gamma_s) eta_s / C
+for s <= t:
 
     q_t W1_t = gamma_t q_t W1_r - sum_s D_ts (q_t . k_s) g_s          (grad_W1 l_s = k_s^T g_s)
     z_t = n(silu(q_t W1_t))
-    o_t = q_t + gamma_t z_t W2_r - sum_s D_ts (z_t . a_s) e_s         (grad_W2 l_s = a_s^T e_s)
+    o_t = q_t + z_t W2_t
 
-The linear memories run through ``delta_rule_chunk``. Backward is autograd's.
+W2 learns by the gated delta rule with keys a_s (the chunk-start hidden activations of k_s) and
+targets vhat_s - k_s, solved in parallel by ``delta_rule_chunk`` with z_t as the queries. The
+linear memories run through ``delta_rule_chunk`` too. Backward is autograd's.
 """
 
 import torch
 
 from ..self_referential.chunk import delta_rule_chunk
 from ..self_referential.common import follow_boundary, head_first, memory_targets, project
-from .common import check_deep_inputs, hidden_activation, join_state, memory_gradients, mlp_memory, split_state
+from .common import (check_deep_inputs, hidden_activation, join_state, memory_gradients, self_generated_value,
+                     split_state)
 
 
 def deep_memory_chunk(q, k, values, eta, alpha, running, chunk_start, chunk_size, detach_values=False):
@@ -23,24 +26,21 @@ def deep_memory_chunk(q, k, values, eta, alpha, running, chunk_start, chunk_size
     running, chunk_start: (W1, W2) pairs, each (B, H, d, d). Returns o (B, H, L, d) and the
     running (W1, W2) after the chunk."""
     L = q.shape[-2]
-    target = mlp_memory(values, *chunk_start)  # vhat = M_{W_c}(v)
+    target = self_generated_value(values, *chunk_start)
     if detach_values:
         target = target.detach()
-    hidden, error, g = memory_gradients(k, target, *chunk_start)
+    hidden, _, g = memory_gradients(k, target, *chunk_start)
     log_gamma = torch.log(alpha).cumsum(-1)  # (B, H, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     D = torch.exp((log_gamma[..., :, None] - log_gamma[..., None, :]).masked_fill(~causal, float("-inf")))
     step = eta / chunk_size  # the chunk's mean gradient, not its sum: see common.py
     D = D * step[..., None, :]  # (B, H, L, L): (gamma_t / gamma_s) eta_s / C for s <= t
-    gamma = log_gamma.exp()[..., None]  # (B, H, L, 1)
     w1, w2 = running
-    z = hidden_activation(gamma * (q @ w1) - (D * (q @ k.transpose(-1, -2))) @ g)
-    o = q + gamma * (z @ w2) - (D * (z @ hidden.transpose(-1, -2))) @ error
+    z = hidden_activation(log_gamma.exp()[..., None] * (q @ w1) - (D * (q @ k.transpose(-1, -2))) @ g)
+    read, w2 = delta_rule_chunk(z, hidden, target - k, eta, alpha, w2, read_columns=slice(None))
     to_end = (torch.exp(log_gamma[..., -1:] - log_gamma) * step)[..., None]  # (gamma_L / gamma_s) eta_s / C
-    gamma_end = log_gamma[..., -1].exp()[..., None, None]
-    w1 = gamma_end * w1 - k.transpose(-1, -2) @ (to_end * g)
-    w2 = gamma_end * w2 - hidden.transpose(-1, -2) @ (to_end * error)
-    return o, (w1, w2)
+    w1 = log_gamma[..., -1].exp()[..., None, None] * w1 - k.transpose(-1, -2) @ (to_end * g)
+    return q + read, (w1, w2)
 
 
 def chunk_deep_self_referential_rule(

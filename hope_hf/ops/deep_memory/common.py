@@ -7,13 +7,20 @@ as in ``hope_hf.ops.self_referential``. The main memory reads
     M(x) = x + n(silu(x W1)) W2,        W1: (d, h), W2: (h, d), h = d, n(z) = z / |z|,
 
 and learns by gradient steps on l_t(W) = 1/2 |M_W(k_t) - vhat_t|^2, vhat_t = M_{W_c}(v_t) its
-self-generated value, each token's gradient taken at the chunk-start weights W_c (Titans Section
-3.2): W_t = alpha_t W_{t-1} - (eta_t / C) grad l_t(W_c), C the chunk size. All tokens of a chunk
-step from the same point, so their steps add up: divided by C, a chunk moves the weights by at
-most one step of its mean gradient (with eta_t alone, a chunk of 64 overshoots and diverges). The output reads after the update:
-o_t = M_{W_t}(q_t). The hidden activation is l2-normalised, as the keys are, for stability: the
-W2 step is then a delta rule with a unit key (a contraction for eta <= 1), and M does not depend
-on the scale of W1 (without it, an 8K-token input with eta near its maximum diverges).
+self-generated value, W_c the weights at the start of t's chunk (Titans Section 3.2):
+
+    W1_t = alpha_t W1_{t-1} - (eta_t / C) grad_W1 l_t(W1_c, W2_c),    C the chunk size,
+    W2_t = alpha_t W2_{t-1} - eta_t grad_W2 l_t(W1_c, W2_{t-1}).
+
+W1's gradients are all taken at W_c, so a chunk's steps add up: divided by C, a chunk moves W1 by
+at most one step of its mean gradient (with eta_t alone, a chunk of 64 overshoots and diverges).
+W2's gradient is taken at the current W2 and is a gated delta rule with the unit key
+a_t = n(silu(k_t W1_c)) and the target vhat_t - k_t: exact inside a chunk, solved in parallel like
+the linear memories, and a contraction for eta <= 1, so one token writes its association at the
+full rate eta_t (at eta_t / C, recall in MQAR failed). The output reads after the update:
+o_t = M_{W_t}(q_t). The hidden activation is l2-normalised, as the keys are, for stability: M
+does not depend on the scale of W1 (without it, an 8K-token input with eta near its maximum
+diverges).
 
 State layout, per head: (d, 4d + 2) = the linear op's (d, 3d + 2) columns
 [W_k | W_v | W1 | w_eta | w_alpha] with W1 in the main memory's block, then W2 (rows: hidden
@@ -56,6 +63,11 @@ def hidden_activation(pre: torch.Tensor) -> torch.Tensor:
 def mlp_memory(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """M(x) = x + n(silu(x W1)) W2. x: (..., L, d); w1: (..., d, h); w2: (..., h, d)."""
     return x + hidden_activation(x @ w1) @ w2
+
+
+def self_generated_value(v: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """vhat = n(M_{W_c}(v)): the memory's own value for v, unit-length like the keys."""
+    return F.normalize(mlp_memory(v, w1, w2), dim=-1, eps=_NORM_EPS)
 
 
 def silu_derivative(a: torch.Tensor) -> torch.Tensor:

@@ -4,14 +4,15 @@ Written for reading (the math is in ``common.py``).
 For each token t, with S_c the state at the start of t's chunk:
     k, v, eta, alpha = projections of u_t by the linear memories in S_c (as the linear op)
     linear memories:  S_t = (alpha_t I - eta_t k_t k_t^T) S_{t-1} + eta_t k_t w_t^T
-    main memory:      W_t = alpha_t W_{t-1} - (eta_t / C) grad l_t(W_c),  vhat_t = M_{W_c}(v_t)
+    main memory:      W1_t = alpha_t W1_{t-1} - (eta_t / C) grad_W1 l_t(W1_c, W2_c),  vhat_t = M_{W_c}(v_t)
+                      W2_t = alpha_t W2_{t-1} - eta_t grad_W2 l_t(W1_c, W2_{t-1})  (a delta rule)
     o_t = M_{W_t}(q_t)
 """
 
 import torch
 
 from ..self_referential.common import follow_boundary, head_first, memory_targets, project
-from .common import check_deep_inputs, join_state, memory_gradients, mlp_memory, split_state
+from .common import check_deep_inputs, join_state, memory_gradients, mlp_memory, self_generated_value, split_state
 
 
 def naive_deep_self_referential_rule(
@@ -55,13 +56,13 @@ def naive_deep_self_referential_rule(
         w = memory_targets(k, values, linear_c, detach_values)  # (B, H, 1, 3d+2); its main-memory block unused
         linear = alpha * linear - eta * k_col @ (k @ linear) + eta * k_col @ w
 
-        target = mlp_memory(values, w1_c, w2_c)  # vhat = M_{W_c}(v)
+        target = self_generated_value(values, w1_c, w2_c)
         if detach_values:
             target = target.detach()
-        hidden, error, g = memory_gradients(k, target, w1_c, w2_c)
-        step = eta / chunk_size  # the chunk's mean gradient, not its sum: see common.py
-        w1 = alpha * w1 - step * k_col @ g
-        w2 = alpha * w2 - step * hidden.transpose(-1, -2) @ error
+        hidden, _, g = memory_gradients(k, target, w1_c, w2_c)
+        w1 = alpha * w1 - (eta / chunk_size) * k_col @ g  # the chunk's mean gradient: see common.py
+        error = k + hidden @ w2 - target  # at the current W2
+        w2 = alpha * w2 - eta * hidden.transpose(-1, -2) @ error
 
         state = join_state(linear, w1, w2)
         outputs.append(mlp_memory(q_t, w1, w2))

@@ -33,11 +33,13 @@ def delta_rule_chunk(
     eta: torch.Tensor,
     alpha: torch.Tensor,
     state: torch.Tensor,
+    read_columns: slice | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk in parallel form, for autograd. q, k: (B,H,L,d); w: (B,H,L,V); eta, alpha: (B,H,L);
-    state: (B,H,d,V). Returns (q_t^T S_t[:, mem] for each t (B,H,L,d), final state)."""
+    state: (B,H,d,V). Returns (q_t^T S_t[:, read_columns] for each t, final state); the columns
+    read default to the main memory's (d of them)."""
     L, d = q.shape[-2], q.shape[-1]
-    mem = memory_slices(d)["memory"]
+    mem = memory_slices(d)["memory"] if read_columns is None else read_columns
     log_alpha = torch.log(alpha)
     log_gamma = log_alpha.cumsum(-1)  # log of prod_{s<=t} alpha_s
     log_gamma_prev = log_gamma - log_alpha  # log of prod_{s<t} alpha_s
