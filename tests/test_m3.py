@@ -84,6 +84,28 @@ def test_ema_variance_is_adams_bias_corrected_moving_average():
         torch.testing.assert_close(weight.detach(), expected, atol=1e-6, rtol=0)
 
 
+def test_no_variance_is_muons_step_on_the_levels_momenta():
+    """variance="none": theta -= lr * sum_l w_l NS(M_l), two levels (the slow one every 2 steps,
+    with decaying momenta), no division by a second moment."""
+    weight, targets = quadratic_problem()
+    expected = weight.detach().clone()
+    levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": 0.95}, {"period": 2, "beta": 0.5, "weight": 0.5, "decay": 0.9}]
+    optimizer = M3([weight], lr=0.05, levels=levels, variance="none")
+    fast, slow, held, slow_out = torch.zeros(6, 5), torch.zeros(6, 5), torch.zeros(6, 5), torch.zeros(6, 5)
+    for t, target in enumerate(targets[:5], start=1):
+        weight.grad = None
+        ((weight - target) ** 2).sum().backward()
+        g = weight.grad.clone()
+        fast = 0.95 * fast + 0.9 * g
+        held += g
+        if t % 2 == 0:
+            slow, held = 0.9 * slow + 0.5 * held, torch.zeros(6, 5)
+            slow_out = newton_schulz(slow)
+        expected -= 0.05 * (newton_schulz(fast) + 0.5 * slow_out)
+        optimizer.step()
+        torch.testing.assert_close(weight.detach(), expected, atol=1e-6, rtol=0)
+
+
 def test_resume_mid_chunk_is_bit_identical():
     model = tiny_model()
     optimizer = M3.from_model(model, lr=0.01, slow_period=4)
@@ -125,7 +147,7 @@ def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
         (dict(betas=(1.0, 0.9, 0.9)), "betas\\[0\\]"),
         (dict(betas=(0.9, -0.1, 0.9)), "betas\\[1\\]"),
         (dict(levels=[{"period": 0, "beta": 0.9, "weight": 1.0}]), "levels\\[0\\]\\['period'\\]"),
-        (dict(variance="adam"), "variance must be one of \\('sum', 'ema'\\)"),
+        (dict(variance="adam"), "variance must be one of \\('sum', 'ema', 'none'\\)"),
     ],
 )
 def test_bad_hyper_parameters_raise_value_error(kwargs, field):

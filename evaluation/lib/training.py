@@ -30,7 +30,7 @@ class OptimizerSpec:
     weight_decay: float = 0.1
     m3_eps: float = 1e-2
     m3_momentum_decay: float = 1.0  # mu of both M3 momenta; 1.0 is Algorithm 1 (momenta sum every gradient)
-    m3_variance: str = "sum"  # M3's second moment: "sum" (Algorithm 1) or "ema" (Adam's moving average)
+    m3_variance: str = "sum"  # M3's second moment: "sum" (Algorithm 1), "ema" (Adam's moving average) or "none"
     betas: tuple = (0.9, 0.95)  # of AdamW (and of the AdamW part of muon / m3)
 
 

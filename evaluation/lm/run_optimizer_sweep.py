@@ -44,8 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--m3-eps", nargs="+", type=float, default=[1e-5], help="M3's eps values (each a group)")
     parser.add_argument("--m3-momentum-decay", nargs="+", type=float, default=[1.0, 0.95],
                         help="M3's momentum decay mu values (1.0: Algorithm 1's summed momenta)")
-    parser.add_argument("--m3-variance", nargs="+", default=["sum", "ema"], choices=["sum", "ema"],
-                        help="M3's second moment: sum (Algorithm 1) and/or ema (Adam's moving average)")
+    parser.add_argument("--m3-variance", nargs="+", default=["sum", "ema"], choices=["sum", "ema", "none"],
+                        help="M3's second moment: sum (Algorithm 1), ema (Adam's moving average), none (Muon's step)")
     parser.add_argument("--adamw-lr", type=float, default=3e-3, help="lr of the AdamW part of muon and m3")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="model initialisation seeds; the first one chooses the learning rate")

@@ -7,6 +7,8 @@ beta_l, a decay mu_l and a weight w_l. Between its pulses a level sums the gradi
 Every step:  V <- V + beta_v * g^2 (Algorithm 1's second momentum, variance="sum"), or
              V <- beta_v * V + (1 - beta_v) * g^2, bias-corrected (Adam's, variance="ema"),
              theta <- theta * (1 - lr * wd) - lr * (sum_l w_l O_l) / (sqrt(V) + eps)
+or, with variance="none", theta <- theta * (1 - lr * wd) - lr * sum_l w_l O_l (Muon's step on the
+levels' momenta).
 Algorithm 1 is k=2: level 1 (f=1, beta_1, w=1) and level 2 (f, beta_3, w=alpha), mu = 1.
 With k=1 it reduces to Muon on an accumulated momentum, normalised by an AdaGrad-style sqrt(V).
 Embeddings, the LM head and 1-D parameters go to an AdamW group of the same optimizer.
@@ -15,7 +17,7 @@ Embeddings, the LM head and 1-D parameters go to an AdamW group of the same opti
 import torch
 from torch import nn
 
-VARIANCE_RULES = ("sum", "ema")
+VARIANCE_RULES = ("sum", "ema", "none")
 # Muon's quintic Newton-Schulz coefficients
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -73,8 +75,9 @@ class M3(torch.optim.Optimizer):
                 [{"period": 1, "beta": betas[0], "weight": 1}, {"period": slow_period, "beta": betas[2], "weight": alpha}].
             betas: (beta_1, beta_2, beta_3) of Algorithm 1; beta_2 feeds the variance V.
             variance: "sum" (Algorithm 1: V accumulates beta_2 * g^2 over all steps, so steps
-                shrink as training goes on) or "ema" (Adam's bias-corrected moving average with
-                rate beta_2).
+                shrink as training goes on), "ema" (Adam's bias-corrected moving average with
+                rate beta_2) or "none" (no second moment: the orthogonalised momenta are the step,
+                as in Muon; eps is unused).
             eps: bounds the per-element step to lr * |O| / eps. The orthogonalised update is
                 dense while V is ~0 wherever gradients are (e.g. dead ReLUs), so Algorithm 1 with
                 Adam's eps=1e-8 can diverge (docs/training.md, "M3 optimizer").
@@ -143,18 +146,18 @@ class M3(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = 0
-            state["variance"] = torch.zeros_like(grad)
+            state["variance"] = torch.zeros_like(grad)  # unused with variance="none"
             for l, level in enumerate(group["levels"]):
                 state[f"momentum_{l}"] = torch.zeros_like(grad)
                 state[f"orthogonal_{l}"] = torch.zeros_like(grad)
                 if level["period"] > 1:
                     state[f"held_{l}"] = torch.zeros_like(grad)
         state["step"] += 1
-        beta_v = group["beta_v"]
-        if group.get("variance", "sum") == "ema":
+        beta_v, rule = group["beta_v"], group.get("variance", "sum")
+        if rule == "ema":
             state["variance"].mul_(beta_v).addcmul_(grad, grad, value=1 - beta_v)
             variance = state["variance"] / (1 - beta_v ** state["step"])
-        else:
+        elif rule == "sum":
             variance = state["variance"].addcmul_(grad, grad, value=beta_v)
         update = torch.zeros_like(grad)
         for l, level in enumerate(group["levels"]):
@@ -169,7 +172,9 @@ class M3(torch.optim.Optimizer):
                     state[f"held_{l}"].zero_()
             update.add_(state[f"orthogonal_{l}"], alpha=level["weight"])
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_((update / (variance.sqrt() + group["eps"])).to(p.dtype), alpha=-group["lr"])
+        if rule != "none":
+            update = update / (variance.sqrt() + group["eps"])
+        p.add_(update.to(p.dtype), alpha=-group["lr"])
 
     def _adamw(self, p: torch.Tensor, group: dict) -> None:
         grad = p.grad.float()
