@@ -183,13 +183,14 @@ def test_script_distills_mixers_with_lora_elsewhere_and_saves_merged(llama_dir, 
 
 
 def test_students_runner_converts_each_student_measures_passkey_and_resumes(llama_dir, tmp_path):
-    """evaluation.conversion.run_students on a tiny Llama: the teacher's passkey run, then each
-    student through the real conversion command (a subprocess) and its passkey run; a second call
-    with --resume runs nothing again."""
+    """evaluation.conversion.run_students on a tiny Llama: the teacher's passkey and lm-eval runs,
+    then each student through the real conversion command (a subprocess), its passkey and lm-eval
+    runs; a second call with --resume runs nothing again."""
     from evaluation.conversion import run_students
 
     argv = ["--source", str(llama_dir), "--students", "1/2", "", "--match-steps", "4", "--distill-steps", "2",
-            "--passkey-lengths", "200", "--passkey-examples", "1", "--work-dir", str(tmp_path / "work"),
+            "--passkey-lengths", "200", "--passkey-examples", "1", "--lm-eval-limit", "2",
+            "--work-dir", str(tmp_path / "work"),
             "--output", str(tmp_path / "students.json"), "--conversion-args",
             "--data english --block-size 32 --batch-size 4 --chunk-size 8 --eval-every 2 --save-every 2 "
             "--warmup-steps 1 --test-blocks 4"]
@@ -198,6 +199,13 @@ def test_students_runner_converts_each_student_measures_passkey_and_resumes(llam
                                                                               ("student", "")]
     teacher, half, none = saved["runs"]
     assert all(0 <= r["passkey_accuracy"] <= 1 and set(r["passkey_accuracy_by_length"]) == {"200"} for r in saved["runs"])
+    for run in saved["runs"]:
+        scores = {(row["task"], row["metric"]): row for row in run["lm_eval"]}
+        assert {task for task, _ in scores} == {"hope_local_ppl_en", "hope_local_ppl_es", "hope_local_lambada_en"}
+        perplexity = scores["hope_local_ppl_en", "word_perplexity"]
+        assert perplexity["value"] > 1 and perplexity["samples"] == 2
+        assert 0 <= scores["hope_local_lambada_en", "acc"]["value"] <= 1
+    assert half["lm_eval"] != none["lm_eval"]  # each student scored on its own weights
     assert half["attention_layers"] == [0, 2] and half["titans_layers"] == [1, 3] and none["titans_layers"] == [0, 1, 2, 3]
     for run in (half, none):
         assert set(run["test_perplexity"]) == {"teacher", "student"} and set(run["test_perplexity"]["student"]) == {"english"}

@@ -89,7 +89,8 @@ def test_no_variance_is_muons_step_on_the_levels_momenta():
     with decaying momenta), no division by a second moment."""
     weight, targets = quadratic_problem()
     expected = weight.detach().clone()
-    levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": 0.95}, {"period": 2, "beta": 0.5, "weight": 0.5, "decay": 0.9}]
+    levels = [{"period": 1, "beta": 0.9, "weight": 1.0, "decay": 0.95},
+              {"period": 2, "beta": 0.5, "weight": 0.5, "decay": 0.9}]
     optimizer = M3([weight], lr=0.05, levels=levels, variance="none")
     fast, slow, held, slow_out = torch.zeros(6, 5), torch.zeros(6, 5), torch.zeros(6, 5), torch.zeros(6, 5)
     for t, target in enumerate(targets[:5], start=1):

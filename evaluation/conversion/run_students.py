@@ -5,7 +5,8 @@ conversion command, scripts/convert_llama_to_hope.py, converts the teacher and t
 student with the same budgets; its results.json holds the test-split perplexity of teacher and
 student on every domain and the tokens of each stage. Then the passkey test runs on the saved
 student (and once on the teacher) at context lengths beyond the training blocks
-(evaluation.long_context.run_niah). One results file, one run per model, written after each;
+(evaluation.long_context.run_niah) and lm-eval's offline tasks (hope_local, through
+hope_hf.evaluation.lm_eval_entry). One results file, one run per model, written after each;
 --resume skips what is done and resumes an interrupted conversion from its checkpoints (same
 settings: a conversion folder does not record them); without it every conversion starts afresh.
 
@@ -16,6 +17,7 @@ settings: a conversion folder does not record them); without it every conversion
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ def parse_args(argv=None):
     parser.add_argument("--conversion-args", default="", help="more arguments of the conversion command, as one string")
     parser.add_argument("--passkey-lengths", nargs="+", type=int, default=[512, 1024, 2048])
     parser.add_argument("--passkey-examples", type=int, default=2, help="examples per (length, depth) cell")
+    parser.add_argument("--lm-eval-limit", type=int, help="documents per lm-eval task (default: all)")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/conversion_students"))
     add_output_arguments(parser, NAME)
     return parser.parse_args(argv)
@@ -71,6 +74,20 @@ def passkey(args, model: Path, name: str) -> dict:
     return {"passkey_accuracy": report["accuracy"], "passkey_accuracy_by_length": by_length}
 
 
+def local_tasks(args, model: Path, name: str) -> dict:
+    """lm-eval's offline tasks (hope_local) on ``model`` (a folder, or a .gguf file beside its
+    tokenizer): rows {task, metric, value, stderr, samples}."""
+    from hope_hf.evaluation import lm_eval_entry
+
+    output = args.work_dir / f"lm_eval_{name}"
+    shutil.rmtree(output, ignore_errors=True)  # load_summary reads the newest results file there
+    model_args = f"pretrained={model.parent},gguf_file={model.name}" if model.suffix == ".gguf" else f"pretrained={model}"
+    lm_eval_entry.main(["--model", "hf", "--model_args", model_args + ",dtype=float32", "--tasks", "hope_local",
+                        "--device", "cpu", "--batch_size", "1", "--output_path", str(output),
+                        *(["--limit", str(args.lm_eval_limit)] if args.lm_eval_limit else [])])
+    return {"lm_eval": lm_eval_entry.load_summary(output)}
+
+
 def main(argv=None):
     args = parse_args(argv)
     path = output_path(args, NAME)
@@ -81,13 +98,14 @@ def main(argv=None):
         if cell["model"] == "teacher":
             from hope_hf.data import smollm2_gguf_path
 
-            return passkey(args, Path(args.source) if args.source else smollm2_gguf_path(), "teacher")
+            teacher = Path(args.source) if args.source else smollm2_gguf_path()
+            return {**passkey(args, teacher, "teacher"), **local_tasks(args, teacher, "teacher")}
         conversion = convert(args, cell["keep_attention"])
         final = student_folder(args, cell["keep_attention"]) / "final"
         keep = ("command", "titans_layers", "test_perplexity", "test_tokens_per_domain", "training_tokens", "duration_s",
                 "wall_s")
         return {"attention_layers": conversion["keep_attention"], **{k: conversion[k] for k in keep},
-                **passkey(args, final, final.parent.name)}
+                **passkey(args, final, final.parent.name), **local_tasks(args, final, final.parent.name)}
 
     cells = [{"model": "teacher"}] + [{"model": "student", "keep_attention": spec} for spec in args.students]
     runs = run_cells(results, cells, run_cell)
@@ -97,7 +115,9 @@ def main(argv=None):
         if "test_perplexity" in run:
             ppl = ", ".join(f"{domain} {value:.1f} (teacher {run['test_perplexity']['teacher'][domain]:.1f})"
                             for domain, value in run["test_perplexity"]["student"].items())
-        print(f"{label}: passkey {run['passkey_accuracy']:.2f}{'; test perplexity ' + ppl if ppl else ''}")
+        scores = ", ".join(f"{row['task']} {row['metric']} {row['value']:.3g}" for row in run["lm_eval"]
+                           if row["metric"] in ("word_perplexity", "acc"))
+        print(f"{label}: passkey {run['passkey_accuracy']:.2f}{'; test perplexity ' + ppl if ppl else ''}; {scores}")
     print(f"wrote {path}")
     return results.saved
 
