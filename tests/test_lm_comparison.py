@@ -338,3 +338,14 @@ def test_parameters_marked_no_weight_decay_are_not_decayed(optimizer):
     for name, p in model.named_parameters():
         moved = not torch.equal(p, before[name])
         assert moved != name.endswith(("A_log", "dt_bias")), name
+
+
+def test_m3_without_a_second_moment_searches_from_its_own_rates():
+    args = run_optimizer_sweep.parse_args(["--optimizers", "m3", "--m3-variance", "sum", "none",
+                                           "--m3-momentum-decay", "0.95"])
+    specs = run_optimizer_sweep.optimizer_settings(args)
+    rates = {run_optimizer_sweep.label(asdict(s)): run_optimizer_sweep.first_rates(args, s) for s in specs}
+    assert rates == {"m3 eps=1e-05 decay=0.95": [3e-6, 1e-5, 3e-5],
+                     "m3 eps=1e-05 decay=0.95 variance=none": [1e-3, 3e-3, 1e-2]}
+    (m3,) = make_optimizers(build_model("hope_titans", TINY, 64), run_optimizer_sweep.with_lr(specs[1], 1e-3))
+    assert m3.param_groups[0]["variance"] == "none" and m3.param_groups[0]["lr"] == 1e-3

@@ -28,6 +28,7 @@ from evaluation.lm.run_lm_comparison import PRESETS
 
 # the matrices' first rates with the first seed; a best at an edge is extended 3x (up to --max-rates)
 DEFAULT_LRS = {"adamw": [1e-3, 3e-3, 1e-2], "muon": [3e-3, 1e-2, 3e-2], "m3": [3e-6, 1e-5, 3e-5]}
+M3_NONE_LRS = [1e-3, 3e-3, 1e-2]  # M3 with variance="none" steps at Muon's scale (no division by sqrt(V))
 CHOOSE_ON = "final_validation_loss"
 REPORT = ("final_validation_loss", "final_test_loss", "tokens_per_second")
 
@@ -40,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--optimizers", nargs="+", default=list(DEFAULT_LRS), choices=list(DEFAULT_LRS))
     for name, lrs in DEFAULT_LRS.items():
         parser.add_argument(f"--lrs-{name}", nargs="+", type=float, default=lrs, help=f"default {lrs}")
+    parser.add_argument("--lrs-m3-none", nargs="+", type=float, default=M3_NONE_LRS,
+                        help=f"M3's first rates with --m3-variance none, default {M3_NONE_LRS}")
     parser.add_argument("--max-rates", type=int, default=6, help="at most this many rates per group, edges extended")
     parser.add_argument("--m3-eps", nargs="+", type=float, default=[1e-5], help="M3's eps values (each a group)")
     parser.add_argument("--m3-momentum-decay", nargs="+", type=float, default=[1.0, 0.95],
@@ -77,6 +80,10 @@ def optimizer_settings(args) -> list[OptimizerSpec]:
 
 def with_lr(spec: OptimizerSpec, lr: float) -> OptimizerSpec:
     return replace(spec, lr=lr, adamw_lr=lr if spec.name == "adamw" else spec.adamw_lr)
+
+
+def first_rates(args, spec: OptimizerSpec) -> list[float]:
+    return args.lrs_m3_none if spec.name == "m3" and spec.m3_variance == "none" else getattr(args, f"lrs_{spec.name}")
 
 
 def label(spec: dict) -> str:
@@ -122,7 +129,7 @@ def main(argv=None):
     if args.merge_from is not None and not (args.resume and path.exists()):
         raise SystemExit("--merge-from needs --resume and an existing --output to merge into")
     axes = ("models", "optimizers", "seeds", "max_rates", "m3_eps", "m3_momentum_decay", "m3_variance",
-            *(f"lrs_{n}" for n in DEFAULT_LRS))
+            *(f"lrs_{n}" for n in DEFAULT_LRS), "lrs_m3_none")
     results = ResultsFile(path, command_line(__spec__.name, argv), vars(args), args.resume, args.device,
                           varying=(*axes, "threads", "no_progress", "commit_results", "merge_from"))
     if args.merge_from is not None:
@@ -155,7 +162,7 @@ def main(argv=None):
 
     for spec_label, spec in specs.items():  # each optimizer family searches from its own rates
         mine = [{"model": m, "optimizer_label": spec_label} for m in args.models]
-        while cells := rate_search(results.runs, mine, getattr(args, f"lrs_{spec.name}"), args.seeds, CHOOSE_ON,
+        while cells := rate_search(results.runs, mine, first_rates(args, spec), args.seeds, CHOOSE_ON,
                                    max_rates=args.max_rates):
             run_cells(results, cells, run_cell, after=summarize_and_plot)
     summary = summarize_and_plot(results)
