@@ -6,7 +6,7 @@ as in ``hope_hf.ops.self_referential``. The main memory reads
 
     M(x) = x + n(silu(x W1)) W2,        W1: (d, h), W2: (h, d), h = d, n(z) = z / |z|,
 
-and learns by gradient steps on l_t(W) = 1/2 |M_W(k_t) - vhat_t|^2, vhat_t = M_{W_c}(v_t) its
+and learns by gradient steps on l_t(W) = 1/2 |M_W(k_t) - vhat_t|^2, vhat_t = n(M_{W_c}(v_t)) its
 self-generated value, W_c the weights at the start of t's chunk (Titans Section 3.2):
 
     W1_t = alpha_t W1_{t-1} - (eta_t / C) grad_W1 l_t(W1_c, W2_c),    C the chunk size,

@@ -4,7 +4,7 @@ Written for reading (the math is in ``common.py``).
 For each token t, with S_c the state at the start of t's chunk:
     k, v, eta, alpha = projections of u_t by the linear memories in S_c (as the linear op)
     linear memories:  S_t = (alpha_t I - eta_t k_t k_t^T) S_{t-1} + eta_t k_t w_t^T
-    main memory:      W1_t = alpha_t W1_{t-1} - (eta_t / C) grad_W1 l_t(W1_c, W2_c),  vhat_t = M_{W_c}(v_t)
+    main memory:      W1_t = alpha_t W1_{t-1} - (eta_t / C) grad_W1 l_t(W1_c, W2_c),  vhat_t = n(M_{W_c}(v_t))
                       W2_t = alpha_t W2_{t-1} - eta_t grad_W2 l_t(W1_c, W2_{t-1})  (a delta rule)
     o_t = M_{W_t}(q_t)
 """
