@@ -319,10 +319,10 @@ def test_m3_momentum_decay_axis():
     assert (decayed.lr, decayed.adamw_lr) == (1e-3, 3e-3)  # M3's AdamW part keeps --adamw-lr
     (m3,) = make_optimizers(model, decayed)
     assert [level["decay"] for level in m3.param_groups[0]["levels"]] == [0.95, 0.95]
-    # decay 1.0 is Algorithm 1: the same levels as M3's defaults
-    (default_m3,) = make_optimizers(model, run_optimizer_sweep.with_lr(next(s for s in specs if s.m3_momentum_decay == 1.0), 1e-3))
-    reference = M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3)
-    assert [{**lv, "decay": lv.get("decay", 1.0)} for lv in reference.param_groups[0]["levels"]] == default_m3.param_groups[0]["levels"]
+    # decay 1.0 is Algorithm 1: M3's default levels with momentum_decay=1.0
+    (algorithm_1,) = make_optimizers(model, run_optimizer_sweep.with_lr(next(s for s in specs if s.m3_momentum_decay == 1.0), 1e-3))
+    reference = M3([{"params": [torch.zeros(2, 2)]}], lr=1e-3, momentum_decay=1.0)
+    assert reference.param_groups[0]["levels"] == algorithm_1.param_groups[0]["levels"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "m3"])

@@ -32,9 +32,9 @@ def quadratic_problem():
     return weight, targets
 
 
-def test_slow_momentum_changes_only_at_multiples_of_f_by_beta3_times_chunk_sum():
+def test_slow_momentum_changes_only_at_multiples_of_f_by_decay_and_beta3_times_chunk_sum():
     weight, targets = quadratic_problem()
-    optimizer = M3([weight], lr=0.01, slow_period=3, betas=(0.9, 0.99, 0.5))
+    optimizer = M3([weight], lr=0.01, slow_period=3, betas=(0.9, 0.99, 0.5), momentum_decay=0.8)
     chunk_sum, previous = torch.zeros(6, 5), torch.zeros(6, 5)
     for step, target in enumerate(targets, start=1):
         weight.grad = None
@@ -43,7 +43,7 @@ def test_slow_momentum_changes_only_at_multiples_of_f_by_beta3_times_chunk_sum()
         optimizer.step()
         slow = optimizer.state[weight]["momentum_1"]
         if step % 3 == 0:
-            torch.testing.assert_close(slow, previous + 0.5 * chunk_sum, atol=1e-6, rtol=0)
+            torch.testing.assert_close(slow, 0.8 * previous + 0.5 * chunk_sum, atol=1e-6, rtol=0)
             previous, chunk_sum = slow.clone(), torch.zeros(6, 5)
         else:
             assert torch.equal(slow, previous)
@@ -53,7 +53,8 @@ def test_one_level_matches_the_documented_reduction():
     """k=1: theta -= lr * NS(M) / (sqrt(V) + eps), M = sum of beta_1 * g, V = sum of beta_2 * g^2."""
     weight, targets = quadratic_problem()
     expected = weight.detach().clone()
-    optimizer = M3([weight], lr=0.05, levels=[{"period": 1, "beta": 0.9, "weight": 1.0}], betas=(0.9, 0.95, 0.0), eps=1e-8)
+    optimizer = M3([weight], lr=0.05, levels=[{"period": 1, "beta": 0.9, "weight": 1.0}], betas=(0.9, 0.95, 0.0), eps=1e-8,
+                   variance="sum")
     momentum, variance = torch.zeros(6, 5), torch.zeros(6, 5)
     for target in targets[:4]:
         weight.grad = None
@@ -129,9 +130,15 @@ def test_resume_mid_chunk_is_bit_identical():
         assert torch.equal(a, b), n
 
 
-def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
+def test_defaults_are_the_measured_best_setting():
+    (group,) = M3([torch.nn.Parameter(torch.randn(4, 4))]).param_groups
+    assert (group["lr"], group["eps"], group["variance"]) == (1e-6, 1e-5, "ema")
+    assert [(lv["period"], lv["decay"]) for lv in group["levels"]] == [(1, 0.95), (8, 0.95)]
+
+
+def test_loss_decreases_on_a_tiny_model_at_the_defaults_and_groups_are_split():
     model = tiny_model().train()
-    optimizer = M3.from_model(model, lr=3e-3, adamw_lr=3e-3)
+    optimizer = M3.from_model(model)
     m3_group, adamw_group = optimizer.param_groups
     assert all(p.dim() == 2 for p in m3_group["params"]) and adamw_group["algorithm"] == "adamw"
     adamw_ids = {id(p) for p in adamw_group["params"]}
@@ -144,6 +151,7 @@ def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
     "kwargs, field",
     [
         (dict(slow_period=0), "slow_period"),
+        (dict(momentum_decay=1.5), "momentum_decay"),
         (dict(lr=-1.0), "lr"),
         (dict(betas=(1.0, 0.9, 0.9)), "betas\\[0\\]"),
         (dict(betas=(0.9, -0.1, 0.9)), "betas\\[1\\]"),

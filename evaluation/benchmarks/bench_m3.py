@@ -25,12 +25,13 @@ from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.data import sample_text_path
 from hope_hf.training import train_steps
 
-LRS = {"adamw": 3e-3, "muon": 0.02, "m3": 1e-3}  # matrix learning rates; AdamW parts use 3e-3
+LRS = {"adamw": 3e-3, "muon": 0.02, "m3": 1e-6}  # matrix learning rates; AdamW parts use 3e-3
 # torch's AdamW defaults (betas 0.9/0.999, weight decay 0.01) and Muon's (weight decay 0.1, which
-# make_optimizers also gives Muon's AdamW part); M3 without weight decay, as M3.from_model had it
+# make_optimizers also gives Muon's AdamW part); M3 at its own defaults, without weight decay as M3.from_model has it
 OPTIMIZERS = {"adamw": OptimizerSpec("adamw", lr=LRS["adamw"], betas=(0.9, 0.999), weight_decay=0.01),
               "muon": OptimizerSpec("muon", lr=LRS["muon"], adamw_lr=3e-3, betas=(0.9, 0.999), weight_decay=0.1),
-              "m3": OptimizerSpec("m3", lr=LRS["m3"], adamw_lr=3e-3, weight_decay=0.0)}
+              "m3": OptimizerSpec("m3", lr=LRS["m3"], adamw_lr=3e-3, weight_decay=0.0, m3_eps=1e-5,
+                                  m3_momentum_decay=0.95, m3_variance="ema")}
 
 plt = pyplot()
 

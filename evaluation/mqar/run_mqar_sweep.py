@@ -56,6 +56,7 @@ ABLATIONS = {
     "titans_value_proj": dict(titans_value_projection=True),  # [False]: values from their own input W_v x
     "titans_raw_values": dict(titans_normalize_values=False),  # [True]: values not l2-normalised
     "titans_deep": dict(titans_memory_depth=2),  # [1]: a two-layer MLP main memory (issue 30)
+    "titans_value_proj_conv_2": dict(titans_value_projection=True, titans_conv_size=2),  # the two best above
 }
 
 

@@ -9,7 +9,9 @@ Every step:  V <- V + beta_v * g^2 (Algorithm 1's second momentum, variance="sum
              theta <- theta * (1 - lr * wd) - lr * (sum_l w_l O_l) / (sqrt(V) + eps)
 or, with variance="none", theta <- theta * (1 - lr * wd) - lr * sum_l w_l O_l (Muon's step on the
 levels' momenta).
-Algorithm 1 is k=2: level 1 (f=1, beta_1, w=1) and level 2 (f, beta_3, w=alpha), mu = 1.
+Algorithm 1 is k=2: level 1 (f=1, beta_1, w=1) and level 2 (f, beta_3, w=alpha), mu = 1, with
+variance="sum" (``M3(params, variance="sum", momentum_decay=1.0, ...)``); the defaults instead take
+Adam's moving average and mu = 0.95, which measured better (docs/training.md, "M3 optimizer").
 With k=1 it reduces to Muon on an accumulated momentum, normalised by an AdaGrad-style sqrt(V).
 Embeddings, the LM head and 1-D parameters go to an AdamW group of the same optimizer.
 """
@@ -52,16 +54,17 @@ class M3(torch.optim.Optimizer):
     def __init__(
         self,
         params,
-        lr: float = 1e-3,
+        lr: float = 1e-6,
         levels: list[dict] | None = None,
         slow_period: int = 8,
         betas: tuple[float, float, float] = (0.9, 0.999, 0.9),
         alpha: float = 1.0,
-        eps: float = 1e-2,
+        momentum_decay: float = 0.95,
+        eps: float = 1e-5,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
-        variance: str = "sum",
-        adamw_lr: float = 3e-4,
+        variance: str = "ema",
+        adamw_lr: float = 3e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_weight_decay: float = 0.0,
     ):
@@ -71,9 +74,16 @@ class M3(torch.optim.Optimizer):
                 (its lr / weight_decay default to adamw_lr / adamw_weight_decay), every other group
                 is M3 (its tensors must be 2-D). ``M3.from_model`` splits a model. Every group's
                 "lr" is what LR schedulers scale.
-            levels: momentum levels [{"period", "beta", "weight", "decay"}]; default Algorithm 1:
-                [{"period": 1, "beta": betas[0], "weight": 1}, {"period": slow_period, "beta": betas[2], "weight": alpha}].
+            lr: the matrices' rate. It multiplies O / (sqrt(V) + eps), not O alone, so its scale
+                depends on the variance rule: the defaults (lr 1e-6, eps 1e-5, "ema", decay 0.95)
+                are the best M3 setting measured on Hope at two widths (docs/training.md); with
+                variance="none" rates are Muon's (~1e-3).
+            levels: momentum levels [{"period", "beta", "weight", "decay"}]; default Algorithm 1's two:
+                [{"period": 1, "beta": betas[0], "weight": 1, "decay": momentum_decay},
+                 {"period": slow_period, "beta": betas[2], "weight": alpha, "decay": momentum_decay}].
             betas: (beta_1, beta_2, beta_3) of Algorithm 1; beta_2 feeds the variance V.
+            momentum_decay: mu of the default levels; 1.0 is Algorithm 1 (momenta sum every
+                gradient), 0.95 lets old gradients fade.
             variance: "sum" (Algorithm 1: V accumulates beta_2 * g^2 over all steps, so steps
                 shrink as training goes on), "ema" (Adam's bias-corrected moving average with
                 rate beta_2) or "none" (no second moment: the orthogonalised momenta are the step,
@@ -91,8 +101,9 @@ class M3(torch.optim.Optimizer):
             _check(f"betas[{i}]", beta, 0.0, 1.0)
         if levels is None:
             _check("slow_period", slow_period, 1)
-            levels = [{"period": 1, "beta": betas[0], "weight": 1.0},
-                      {"period": slow_period, "beta": betas[2], "weight": alpha}]
+            _check("momentum_decay", momentum_decay, 0.0, 1.0 + 1e-12)
+            levels = [{"period": 1, "beta": betas[0], "weight": 1.0, "decay": momentum_decay},
+                      {"period": slow_period, "beta": betas[2], "weight": alpha, "decay": momentum_decay}]
         for i, level in enumerate(levels):
             if isinstance(level.get("period"), bool) or not isinstance(level.get("period"), int):
                 raise ValueError(f"levels[{i}]['period'] must be an int >= 1, got {level.get('period')!r}")

@@ -17,7 +17,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     parser.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 20))
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "m3"])
-    parser.add_argument("--m3-lr", type=float, default=1e-3, help="M3's rate for hidden matrices (--learning-rate: the rest)")
+    parser.add_argument("--m3-lr", type=float, default=1e-6, help="M3's rate for hidden matrices (--learning-rate: the rest); 1e-6 suits its default eps and variance")
     parser.add_argument("--eval-every", type=int, default=defaults.get("eval_every", 50))
     parser.add_argument("--eval-batches", type=int, default=defaults.get("eval_batches", 8))
     parser.add_argument("--save-every", type=int, default=defaults.get("save_every", 100))

@@ -47,7 +47,7 @@ class TrainingConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"  # "no", "bf16", "fp16"
     optimizer: str = "adamw"  # "adamw" or "m3" (hidden matrices M3, the rest AdamW at learning_rate)
-    m3_lr: float = 1e-3
+    m3_lr: float = 1e-6  # M3's default (its eps and moving-average variance set the scale)
     cms_periods: list | dict | None = None  # CMSSchedule periods; None: the config's
     eval_every: int = 50
     eval_batches: int = 8
