@@ -10,7 +10,7 @@ import torch
 
 from evaluation.lib import corpora
 from evaluation.lib.corpora import SPLITS, batch_order, code_documents, documents
-from evaluation.lib.models import MODELS, ModelShape, build_model, matched_models
+from evaluation.lib.models import MODELS, TITANS_VARIANTS, ModelShape, build_model, matched_models
 from evaluation.lib.results import HEADER
 from evaluation.lib.sweep import rate_search, tuned_summary
 from evaluation.lib.training import M3, OptimizerSpec, RunSettings, accumulate_gradients, make_optimizers, train_lm
@@ -31,6 +31,17 @@ def test_matched_models_within_five_percent(shape):
         total = sum(p.numel() for p in model.parameters())
         assert size["embedding"] == 2 * shape.vocab_size * shape.hidden_size  # untied input + output
         assert size["non_embedding"] + size["embedding"] == total
+
+
+@pytest.mark.parametrize("name", list(TITANS_VARIANTS))
+def test_titans_variants_change_only_their_fields_and_match_parameters(name):
+    sizes = matched_models(["hope_titans", name], TINY)
+    assert abs(sizes[name]["non_embedding"] / TINY.target_non_embedding - 1) <= 0.05
+    with torch.device("meta"):
+        titans = build_model("hope_titans", TINY, 64).config.to_dict()
+        variant = build_model(name, TINY, 64).config.to_dict()
+    changed = {key for key in titans if titans[key] != variant[key]}
+    assert changed == set(TITANS_VARIANTS[name]) and all(variant[k] == v for k, v in TITANS_VARIANTS[name].items())
 
 
 def test_matching_rejects_a_target_below_the_mixers():

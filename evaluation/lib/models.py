@@ -10,7 +10,13 @@ from hope_hf import HopeConfig, HopeForCausalLM
 from hope_hf.modeling.gated_deltanet_baseline import use_gated_deltanet
 
 MODELS = ("llama", "gated_deltanet", "hope_titans", "hope_hybrid", "hope_attention")  # the LM comparison's
-ALL_MODELS = (*MODELS, "hope_titans_deep")  # + titans with a two-layer MLP main memory (titans_memory_depth=2)
+# Hope titans with HopeConfig fields changed (defaults in brackets)
+TITANS_VARIANTS = {
+    "hope_titans_deep": dict(titans_memory_depth=2),  # [1]: a two-layer MLP main memory
+    # [False, 4]: the value memory reads its own projection, conv window 2 (docs/mqar.md's two best ablations)
+    "hope_titans_value_proj_conv_2": dict(titans_value_projection=True, titans_conv_size=2),
+}
+ALL_MODELS = (*MODELS, *TITANS_VARIANTS)
 
 
 @dataclass
@@ -54,8 +60,8 @@ def build_model(name: str, shape: ModelShape, mlp_size: int):
         model = HopeForCausalLM(hope_config(shape, "titans", mlp_size, cms_periods=(1,)))
         use_gated_deltanet(model)
         return model
-    if name == "hope_titans_deep":
-        return HopeForCausalLM(hope_config(shape, "titans", mlp_size, shape.cms_periods, titans_memory_depth=2))
+    if name in TITANS_VARIANTS:
+        return HopeForCausalLM(hope_config(shape, "titans", mlp_size, shape.cms_periods, **TITANS_VARIANTS[name]))
     mixers = {"hope_titans": "titans", "hope_attention": "attention",
               "hope_hybrid": [shape.hybrid_pattern[i % len(shape.hybrid_pattern)] for i in range(shape.num_layers)]}
     if name not in mixers:
