@@ -202,3 +202,14 @@ def test_a_default_niah_run_writes_under_outputs_with_the_results_header(tmp_pat
                    "--examples-per-cell", "1", "--max-new-tokens", "2"])
     saved = json.loads((tmp_path / "outputs" / "niah_smollm2.json").read_text())
     assert list(saved)[: len(HEADER)] == list(HEADER) and saved["num_examples"] == 1
+
+
+def test_the_shipped_gguf_loads_as_an_fp32_model():
+    """The default --model: transformers refuses .float() on a GGUF-loaded model; the load itself is fp32."""
+    from hope_hf.data import smollm2_gguf_path
+
+    model, tokenizer = run_niah.load_model_and_tokenizer(smollm2_gguf_path())
+    assert not model.training and {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.tensor([tokenizer("The passkey is 12345.").input_ids])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()

@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def load_model_and_tokenizer(source: Path):
     """fp32 model and tokenizer from a checkpoint directory (any model type) or a Llama GGUF file."""
     model = load_llama(source) if source.suffix == ".gguf" else AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    return model.float().eval(), load_tokenizer(source)
+    return model.eval(), load_tokenizer(source)  # both loads are fp32 (a GGUF-loaded model refuses .float())
 
 
 def plot_heatmaps(report: dict, lengths: list[int], depths: list[float], title: str, path: Path) -> None:
