@@ -81,6 +81,19 @@ def test_bench_m3_runs_every_optimizer_and_resumes(tmp_path, monkeypatch):
     assert committed_bytes("bench_m3") == before
 
 
+def test_bench_m3_runs_m3_at_its_defaults():
+    from evaluation.benchmarks import bench_m3
+    from evaluation.lib.training import make_optimizers
+    from helpers import tiny_model
+    from hope_hf import M3
+
+    (bench,) = make_optimizers(tiny_model(), bench_m3.OPTIMIZERS["m3"])
+    default = M3.from_model(tiny_model())
+    for key in ("lr", "eps", "variance", "levels", "weight_decay"):
+        assert bench.param_groups[0][key] == default.param_groups[0][key], key
+    assert bench.param_groups[1]["lr"] == default.param_groups[1]["lr"]
+
+
 def test_bench_reliability_measures_every_check_against_a_step(tmp_path, monkeypatch):
     from evaluation.benchmarks import bench_reliability
 

@@ -131,20 +131,32 @@ def test_resume_mid_chunk_is_bit_identical():
 
 
 def test_defaults_are_the_measured_best_setting():
-    (group,) = M3([torch.nn.Parameter(torch.randn(4, 4))]).param_groups
-    assert (group["lr"], group["eps"], group["variance"]) == (1e-6, 1e-5, "ema")
-    assert [(lv["period"], lv["decay"]) for lv in group["levels"]] == [(1, 0.95), (8, 0.95)]
+    m3_group, adamw_group = M3.from_model(tiny_model()).param_groups
+    assert (m3_group["lr"], m3_group["eps"], m3_group["variance"]) == (1e-6, 1e-5, "ema")
+    assert [(lv["period"], lv["decay"]) for lv in m3_group["levels"]] == [(1, 0.95), (8, 0.95)]
+    assert (adamw_group["lr"], adamw_group["eps"]) == (3e-3, 1e-5)  # the AdamW part shares eps
 
 
-def test_loss_decreases_on_a_tiny_model_at_the_defaults_and_groups_are_split():
+def test_loss_decreases_on_a_tiny_model_and_groups_are_split():
     model = tiny_model().train()
-    optimizer = M3.from_model(model)
+    optimizer = M3.from_model(model, lr=3e-3, adamw_lr=3e-3, variance="sum", momentum_decay=1.0, eps=1e-2)
     m3_group, adamw_group = optimizer.param_groups
     assert all(p.dim() == 2 for p in m3_group["params"]) and adamw_group["algorithm"] == "adamw"
     adamw_ids = {id(p) for p in adamw_group["params"]}
     assert id(model.model.embed_tokens.weight) in adamw_ids and id(model.lm_head.weight) in adamw_ids
     losses = train_on_repeated_motif(model, optimizer, steps=25)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_the_matrices_alone_learn_at_the_defaults():
+    """The AdamW part frozen (adamw_lr=0): only M3's step on the hidden matrices can lower the loss
+    (a step that does nothing leaves it unchanged)."""
+    model = tiny_model().train()
+    optimizer = M3.from_model(model, adamw_lr=0.0)
+    matrices = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    losses = train_on_repeated_motif(model, optimizer, steps=25)
+    assert losses[-1] < losses[0] - 0.03, losses
+    assert all(not torch.equal(p, before) for p, before in zip(optimizer.param_groups[0]["params"], matrices))
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ class OptimizerSpec:
     lr: float = 3e-3  # AdamW's lr, or the matrix lr of muon / m3
     adamw_lr: float = 3e-3  # the AdamW part of muon / m3 (embeddings, head, 1-D, conv)
     weight_decay: float = 0.1
+    # m3_*: Algorithm 1's values, not M3()'s defaults (stored sweep runs rebuild from these fields)
     m3_eps: float = 1e-2
     m3_momentum_decay: float = 1.0  # mu of both M3 momenta; 1.0 is Algorithm 1 (momenta sum every gradient)
     m3_variance: str = "sum"  # M3's second moment: "sum" (Algorithm 1), "ema" (Adam's moving average) or "none"

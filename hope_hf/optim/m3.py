@@ -12,8 +12,9 @@ levels' momenta).
 Algorithm 1 is k=2: level 1 (f=1, beta_1, w=1) and level 2 (f, beta_3, w=alpha), mu = 1, with
 variance="sum" (``M3(params, variance="sum", momentum_decay=1.0, ...)``); the defaults instead take
 Adam's moving average and mu = 0.95, which measured better (docs/training.md, "M3 optimizer").
-With k=1 it reduces to Muon on an accumulated momentum, normalised by an AdaGrad-style sqrt(V).
-Embeddings, the LM head and 1-D parameters go to an AdamW group of the same optimizer.
+With k=1 and variance="sum" it reduces to Muon on an accumulated momentum, normalised by an
+AdaGrad-style sqrt(V). Embeddings, the LM head and 1-D parameters go to an AdamW group of the
+same optimizer (its own lr, M3's eps).
 """
 
 import torch
@@ -88,9 +89,10 @@ class M3(torch.optim.Optimizer):
                 shrink as training goes on), "ema" (Adam's bias-corrected moving average with
                 rate beta_2) or "none" (no second moment: the orthogonalised momenta are the step,
                 as in Muon; eps is unused).
-            eps: bounds the per-element step to lr * |O| / eps. The orthogonalised update is
-                dense while V is ~0 wherever gradients are (e.g. dead ReLUs), so Algorithm 1 with
-                Adam's eps=1e-8 can diverge (docs/training.md, "M3 optimizer").
+            eps: bounds the per-element step to lr * |O| / eps (the AdamW groups use it too).
+                The orthogonalised update is dense while V is ~0 wherever gradients are (e.g.
+                dead ReLUs), so Algorithm 1 with Adam's eps=1e-8 can diverge (docs/training.md,
+                "M3 optimizer").
         """
         _check("lr", lr, 0.0)
         _check("eps", eps, 0.0, low_open=True)
