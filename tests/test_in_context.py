@@ -87,10 +87,16 @@ def test_a_padded_batch_reads_each_row_as_it_reads_alone(name):
     assert any(not torch.equal(together[0].fast_weights[n], together[1].fast_weights[n]) for n in together[0].fast_weights)
 
 
+# transformers 5.25's LinearAttentionLayer counts the widths of its conv updates; HopeCache does not read it
+# (its get_seq_length counts positions itself), and it depends on how the rows were split into forwards.
+NOT_STATE = {"cumulative_length_linear"}
+
+
 def assert_same_cache(cache, expected):
     assert cache.get_seq_length() == expected.get_seq_length()
     for layer, expected_layer in zip(cache.layers, expected.layers, strict=True):
-        tensors = {k: v for k, v in vars(expected_layer).items() if isinstance(v, (torch.Tensor, dict))}
+        tensors = {k: v for k, v in vars(expected_layer).items()
+                   if isinstance(v, (torch.Tensor, dict)) and k not in NOT_STATE}
         assert tensors, type(expected_layer).__name__
         for attr, value in tensors.items():
             torch.testing.assert_close(getattr(layer, attr), value, atol=1e-10, rtol=0, msg=attr)

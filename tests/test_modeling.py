@@ -75,6 +75,19 @@ def test_greedy_generate_same_with_and_without_cache(name):
     assert torch.equal(with_cache, without_cache)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_cache_with_titans_layers_cannot_be_cropped(name):
+    """A titans layer keeps only its last state, so crop (which transformers' assisted decoding uses to
+    roll back a draft) cannot restore it: the cache says so after prefill. transformers refuses assisted
+    decoding for Hope anyway (5.23-5.24: a stateful model; 5.25: no cache before the first forward)."""
+    model = tiny_model(**CONFIGS[name])
+    with torch.no_grad():
+        cache = output_cache(model(random_ids(1, 6), use_cache=True))
+    assert cache.is_croppable == all(kind == "full_attention" for kind in model.config.layer_types)
+    with pytest.raises((ValueError, RuntimeError), match="stateful|Assisted decoding requires a cache"):
+        model.generate(random_ids(1, 6), max_new_tokens=4, do_sample=False, assistant_model=tiny_model(**CONFIGS[name]))
+
+
 @pytest.mark.parametrize("name", ["titans", "hybrid_sliding", "attention"])
 def test_chunked_prefill_generates_what_one_prefill_does(name):
     """transformers' prefill_chunk_size (the prompt read in pieces through the cache), on a

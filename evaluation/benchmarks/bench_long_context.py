@@ -69,11 +69,11 @@ class PeakMemory:
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of every tensor held by a transformers cache's layers (keys, values, conv and
-    recurrent states)."""
+    """Bytes of every state tensor held by a transformers cache's layers (keys, values, conv and
+    recurrent states); 0-dim tensors are counters (transformers 5.25's tokens seen), not states."""
     def walk(value):
         if isinstance(value, torch.Tensor):
-            return value.numel() * value.element_size()
+            return value.numel() * value.element_size() if value.dim() else 0
         if isinstance(value, dict):
             return sum(walk(v) for v in value.values())
         if isinstance(value, (list, tuple)):

@@ -110,10 +110,19 @@ class HopeCache(DynamicCache):
     def is_compileable(self) -> bool:
         return False  # per-row chunk phases make the decode step data-dependent
 
+    @property
+    def is_croppable(self) -> bool:
+        # A titans layer keeps only its last state, so a crop (assisted decoding) cannot roll it back.
+        return not any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in self.layers) and super().is_croppable
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        if any(isinstance(layer, CacheLayerMixin) for layer in self.layers):
-            return super().get_seq_length(layer_idx)
-        return self.positions_seen
+        """Positions seen: the keys held by attention layer ``layer_idx``, or by the first attention layer
+        when ``layer_idx`` is a titans layer (whose conv-update count is not a length), or
+        ``positions_seen`` when every layer is recurrent."""
+        attention = [i for i, layer in enumerate(self.layers) if isinstance(layer, CacheLayerMixin)]
+        if not attention:
+            return self.positions_seen
+        return super().get_seq_length(layer_idx if layer_idx in attention else attention[0])
 
     def advance(self, batch_size: int, seq_len: int, mask: torch.Tensor | None, device: torch.device) -> None:
         """Record one forward of ``seq_len`` positions; ``mask`` (B, seq_len) marks real tokens."""
